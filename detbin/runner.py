@@ -1,0 +1,292 @@
+"""A training run end to end: run folder, teacher, student, trainer, hooks, resume, DDP.
+
+Run folder (Ultralytics style, ``runs/<verb>/<name>``)::
+
+    args.yaml       run options (teacher, data, device ...) as given
+    recipe.yaml     the resolved recipe file actually trained
+    env.json        detbin / torch / torchvision versions, device, world size
+    metrics.jsonl   one JSON object per logged interval and per evaluation
+    results.csv     losses, lr, metrics per logged interval
+    weights/last.pt student + recipe + optimizer/scheduler/RNG state (resume point)
+    weights/best.pt student only (no teacher, no optimizer), best test metric
+    plots/results.png
+
+Only rank 0 writes. The teacher is scored once at the start (``teacher/<metric>``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+import yaml
+
+from detbin import __version__, build, checkpoint, distributed, plugins
+from detbin.config import RunConfig, dump, validate, validate_params
+from detbin.detector import DetectorConfig, TorchvisionDetector, build_detector
+from detbin.errors import ConfigError
+from detbin.evaluate import run_evaluation
+from detbin.hooks import CheckpointHook, EvalHook, MetricsLogger, ScheduleHook
+from detbin.layout import BinarizeSpec
+from detbin.recipe import Recipe
+from detbin.train import Hook, Trainer
+
+__all__ = ["RunOptions", "RunResult", "run", "resume_options", "next_run_dir"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    """How to run a config: where to write, which teacher and data, which device."""
+
+    verb: str = "binarize"
+    project: Path = Path("runs")
+    name: str | None = None
+    exist_ok: bool = False
+    data: Path | None = None
+    teacher: Path | None = None
+    teacher_arch: str | None = None
+    device: str | None = None
+    resume: Path | None = None
+    directory: Path | None = None
+    source: str = "<recipe>"
+    hooks: list[Hook] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verb": self.verb, "project": str(self.project), "name": self.name, "data": _str(self.data),
+                "teacher": _str(self.teacher), "teacher_arch": self.teacher_arch, "device": self.device,
+                "source": self.source}
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    directory: Path | None
+    metrics: dict[str, float]
+    teacher_metrics: dict[str, float]
+    binarized: list[str]
+    iterations: int
+    seconds: float
+    classes: tuple[str, ...]
+
+
+def next_run_dir(project: Path, verb: str, name: str, exist_ok: bool) -> Path:
+    """``project/verb/name``, or ``name2``, ``name3``... when it exists (unless ``exist_ok``)."""
+    base = Path(project) / verb / name
+    if exist_ok or not base.exists():
+        return base
+    n = 2
+    while (base.parent / f"{name}{n}").exists():
+        n += 1
+    return base.parent / f"{name}{n}"
+
+
+def resume_options(directory: Path) -> tuple[RunConfig, dict[str, Any], RunOptions]:
+    """The config and options of an existing run folder, to continue it from ``last.pt``."""
+    directory = Path(directory)
+    for required in ("recipe.yaml", "args.yaml", "weights/last.pt"):
+        if not (directory / required).is_file():
+            raise ConfigError(f"{directory}: cannot resume, {required} is missing (is it a detbin run folder?)")
+    raw = yaml.safe_load((directory / "recipe.yaml").read_text())
+    args = yaml.safe_load((directory / "args.yaml").read_text())
+    options = RunOptions(verb=args["verb"], project=directory.parent.parent, name=directory.name, exist_ok=True,
+                         data=Path(args["data"]) if args.get("data") else None,
+                         teacher=Path(args["teacher"]) if args.get("teacher") else None,
+                         teacher_arch=args.get("teacher_arch"), device=args.get("device"), resume=directory,
+                         source=str(directory / "recipe.yaml"))
+    return validate(raw, options.source), raw, options
+
+
+def _recipe(config: RunConfig, source: str) -> Recipe:
+    if config.recipe is None:
+        return Recipe()
+    cls = plugins.load(config.recipe)
+    return cls(validate_params(cls.Params, config.params, source))
+
+
+def _models(config: RunConfig, options: RunOptions, recipe: Recipe, classes: tuple[str, ...]
+            ) -> tuple[TorchvisionDetector, TorchvisionDetector | None, list[str], BinarizeSpec | None]:
+    """(student, teacher, binarized conv names, spec) for this run."""
+    # Only the keys the file sets: unset fields must not override what the teacher's weights fix.
+    section = config.detector.model_dump(exclude_unset=True) if config.detector is not None else None
+    teacher_path = options.teacher or (Path(config.teacher.checkpoint) if config.teacher.checkpoint else None)
+    if options.verb == "train" or (teacher_path is None and not recipe.needs_teacher):
+        values = {k: v for k, v in (section or {}).items() if v is not None}
+        values["num_classes"] = len(classes) + 1
+        model = build_detector(DetectorConfig.from_dict(values))
+        if options.verb == "train":
+            return model, None, [], None
+        teacher = model
+    elif teacher_path is None:
+        raise ConfigError(f"recipe {recipe.name!r} needs a teacher: pass --teacher T.pt or set teacher.checkpoint")
+    else:
+        teacher = build.load_teacher(teacher_path, options.teacher_arch or config.teacher.arch, section, options.source)
+    if teacher.config.num_classes != len(classes) + 1:
+        raise ConfigError(f"the teacher predicts {teacher.config.num_classes - 1} classes but the data has "
+                          f"{len(classes)} ({', '.join(classes)}); use a teacher trained on this label set")
+    spec = effective_spec(config, recipe)
+    student, binarized = build.make_student(teacher, recipe, spec)
+    return student, (teacher if teacher_path is not None else None), binarized, spec
+
+
+def effective_spec(config: RunConfig, recipe: Recipe) -> BinarizeSpec:
+    """The recipe's layout, overridden by the keys the recipe file sets explicitly."""
+    return BinarizeSpec.from_dict({**BinarizeSpec().to_dict(), **recipe.layout,
+                                   **config.binarize.model_dump(exclude_unset=True)})
+
+
+def _payload(kind: str, student: TorchvisionDetector, spec: BinarizeSpec | None, recipe: Recipe,
+             classes: tuple[str, ...], raw: dict[str, Any], metrics: dict[str, float]) -> dict[str, Any]:
+    """A self-contained checkpoint of the student (plain values and tensors only)."""
+    model = student.model
+    return {
+        "format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION, "detbin_version": __version__,
+        "kind": kind, "detector": student.config.to_dict(), "binarize": spec.to_dict() if spec else None,
+        "recipe": recipe.name or None, "recipe_params": recipe.params.model_dump(mode="json"),
+        "classes": list(classes), "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "metrics": dict(metrics), "config": raw,
+    }
+
+
+def _write_run_files(directory: Path, config: RunConfig, options: RunOptions, ctx: distributed.Context,
+                     device: torch.device) -> None:
+    (directory / "weights").mkdir(parents=True, exist_ok=True)
+    (directory / "plots").mkdir(exist_ok=True)
+    (directory / "args.yaml").write_text(yaml.safe_dump(options.to_dict(), sort_keys=False))
+    (directory / "recipe.yaml").write_text(dump(config))
+    env = {"detbin": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+           "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
+           "cuda": torch.version.cuda, "world_size": ctx.world_size, "threads": torch.get_num_threads()}
+    (directory / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+
+
+class _TeacherScore(Hook):
+    """Scores the teacher once before training (not again on resume)."""
+
+    def __init__(self, evaluate: Any, logger: MetricsLogger, result: dict[str, float]) -> None:
+        self.evaluate, self.logger, self.result = evaluate, logger, result
+
+    def before_train(self, trainer: Trainer) -> None:
+        if trainer.teacher is None or self.result:
+            return
+        self.result.update({f"teacher/{k}": v for k, v in self.evaluate(trainer.teacher).items()})
+        self.logger.log_eval(trainer, self.result)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"teacher": self.result}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.result.update(state["teacher"])
+
+
+def run(config: RunConfig, raw: dict[str, Any], options: RunOptions) -> RunResult:
+    """Build everything from ``config`` and train; resumes when ``options.resume`` is set."""
+    ctx, device = distributed.setup(options.device)
+    try:
+        return _run(config, raw, options, ctx, device)
+    finally:
+        distributed.teardown()
+
+
+def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distributed.Context,
+         device: torch.device) -> RunResult:
+    torch.manual_seed(config.train.seed)
+    recipe = _recipe(config, options.source)
+    train_set = build.build_dataset(config.data.train, options.data)
+    test_set = build.build_dataset(config.data.test, options.data)
+    classes = build.dataset_classes(train_set)
+    student, teacher, binarized, spec = _models(config, options, recipe, classes)
+    # Record the detector and layout actually built, so recipe.yaml rebuilds them exactly.
+    effective = {**config.model_dump(mode="json"), "detector": student.config.to_dict()}
+    if spec is not None:
+        effective["binarize"] = spec.to_dict()
+    config = validate(effective, options.source)
+    raw = config.model_dump(mode="json")
+    recipe.prepare(student, teacher)
+    for module in (student, teacher, recipe):
+        if module is not None:
+            module.to(device)
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        student.forward_module = DistributedDataParallel(
+            student.model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build.build_optimizer(recipe.param_groups(student), config.train.optimizer)
+    plan = build.plan_iterations(config, len(train_set), ctx.world_size)
+    scheduler = build.build_scheduler(optimizer, config.train.schedule, plan.max_iterations, plan.iters_per_epoch)
+    kind = "teacher" if options.verb == "train" else "student"
+    name = options.name or (config.recipe or student.config.arch)
+    directory = Path(options.resume or options.directory or next_run_dir(options.project, options.verb, name,
+                                                                         options.exist_ok))
+    evaluator = build.build_evaluator(config.eval.metric, classes)
+    loader = build.test_loader(test_set, config.eval.batch_size)
+    metric_key = f"{config.eval.metric}/{'AP' if config.eval.metric == 'coco' else 'mAP50'}"
+
+    def evaluate(detector: TorchvisionDetector) -> dict[str, float]:
+        result = run_evaluation(detector, loader, evaluator, max_images=config.eval.max_images)
+        return {metric_key: result.mAP, **{f"{config.eval.metric}/{k}": v for k, v in result.stats.items()}}
+
+    teacher_metrics: dict[str, float] = {}
+    final: dict[str, float] = {}
+    hooks: list[Hook] = [ScheduleHook(scheduler), *recipe.hooks()]
+    if ctx.is_main:
+        if not options.resume:
+            _write_run_files(directory, config, options, ctx, device)
+        logger = MetricsLogger(directory / "metrics.jsonl", directory / "results.csv", config.train.log_every)
+
+        def save_best(trainer: Trainer, metrics: dict[str, float]) -> None:
+            checkpoint.save_atomic(_payload(kind, student, spec, recipe, classes, raw, {**metrics, **teacher_metrics}),
+                                   directory / "weights" / "best.pt")
+
+        def on_result(trainer: Trainer, metrics: dict[str, float]) -> None:
+            final.clear()
+            final.update(metrics)
+            logger.log_eval(trainer, metrics)
+
+        def make_last(trainer: Trainer) -> dict[str, Any]:
+            payload = _payload(kind, student, spec, recipe, classes, raw, {**final, **teacher_metrics})
+            return {**payload, "recipe_state": recipe.state_dict(), "trainer": trainer.state_dict()}
+
+        hooks += [
+            _TeacherScore(evaluate, logger, teacher_metrics),
+            EvalHook(config.eval.every, metric_key, lambda t: evaluate(t.student), save_best, on_result),
+            logger,
+            CheckpointHook(directory / "weights" / "last.pt", config.train.checkpoint_every, make_last),
+            *options.hooks,
+        ]
+    trainer = Trainer(student, recipe, build.train_loader(train_set, config, ctx.rank, ctx.world_size), optimizer,
+                      plan.max_iterations, teacher=teacher, hooks=hooks, clip_grad=config.train.clip_grad,
+                      amp=config.train.amp, device=device,
+                      grad_sync=(lambda: distributed.all_reduce_grads(recipe, ctx.world_size)) if ctx.distributed else None)
+    if options.resume:
+        _restore(trainer, student, recipe, directory, ctx)
+    start = time.perf_counter()
+    trainer.train()
+    if ctx.is_main:
+        from detbin.plots import plot_results
+
+        plot_results(directory / "metrics.jsonl", directory / "plots" / "results.png")
+    return RunResult(directory if ctx.is_main else None, dict(final), dict(teacher_metrics), binarized,
+                     trainer.iteration, time.perf_counter() - start, classes)
+
+
+def _restore(trainer: Trainer, student: TorchvisionDetector, recipe: Recipe, directory: Path,
+             ctx: distributed.Context) -> None:
+    """Load ``last.pt`` into the rebuilt student, recipe and trainer (every rank reads it)."""
+    state = checkpoint.read(directory / "weights" / "last.pt")
+    checkpoint.load_state(student, state["model"], str(directory / "weights" / "last.pt"))
+    recipe.load_state_dict(state["recipe_state"])
+    trainer.load_state_dict(state["trainer"])
