@@ -1,0 +1,5 @@
+"""``python -m detbin`` (and ``torchrun -m detbin``) runs the CLI."""
+
+from detbin.cli import main
+
+main()

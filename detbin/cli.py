@@ -1,0 +1,146 @@
+"""The ``detbin`` command line: thin adapters over the library, rich output, one-line errors.
+
+Known errors (:class:`~detbin.errors.DetbinError`) print one red line on stderr and exit 1;
+``DETBIN_DEBUG=1`` shows the traceback instead. torch is imported inside commands only, so
+``detbin --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from detbin.errors import DetbinError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Turn real-valued object detectors into 1-bit students.")
+recipes_app = typer.Typer(help="Installed recipes and their shipped YAML files.", invoke_without_command=True)
+data_app = typer.Typer(help="Data sets: the embedded synthetic benchmark.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+app.add_typer(data_app, name="data")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Shared options, declared once.
+DataOpt = Annotated[Path | None, typer.Option("--data", help="Local data root (VOC layout or synthetic set); never downloaded.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Plain log lines instead of a progress bar.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: --set train.epochs=2 (repeatable).")]
+
+
+def handles_errors(fn: F) -> F:
+    """Turn DetbinError into one line on stderr and exit code 1 (traceback with DETBIN_DEBUG=1)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DetbinError as exc:
+            if os.environ.get("DETBIN_DEBUG") == "1":
+                raise
+            err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            raise typer.Exit(1) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def interactive(no_progress: bool) -> bool:
+    """Rich progress bars only on a terminal, outside CI, unless ``--no-progress``."""
+    return not no_progress and err.is_terminal and not os.environ.get("CI")
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        from detbin import __version__
+
+        out.print(f"detbin {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                               help="Show the version and exit.")] = False) -> None:
+    """detbin: 1-bit object detectors, distilled from real-valued teachers by pluggable recipes."""
+    setup_logging()
+
+
+@recipes_app.callback()
+@handles_errors
+def recipes_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List installed recipes (entry points of ``detbin.recipes``) without importing them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from detbin import plugins
+
+    found = plugins.available()
+    if as_json:
+        out.print_json(json.dumps({n: vars(i) for n, i in sorted(found.items())}))
+        return
+    table = Table(title="detbin recipes (entry-point group detbin.recipes)")
+    for column in ("name", "package", "version", "entry point"):
+        table.add_column(column)
+    for name, info in sorted(found.items()):
+        table.add_row(name, info.package, info.version, info.value)
+    out.print(table)
+
+
+@recipes_app.command("show")
+@handles_errors
+def recipes_show(name: str) -> None:
+    """Print a recipe's reference and its shipped YAML files."""
+    from detbin import config, plugins
+
+    cls = plugins.load(name)
+    out.print(f"[bold]{name}[/]: {cls.paper or '(no reference given)'}")
+    info = plugins.available().get(name)
+    if info:
+        out.print(f"from {info.package} {info.version} ({info.value})")
+    files = config.recipe_files(name)
+    if not files:
+        out.print("no YAML files shipped for this recipe")
+    for path in files:
+        out.rule(f"{path.parent.name}/{path.name}")
+        out.print(path.read_text(), markup=False, soft_wrap=True)
+
+
+@data_app.command("synthetic")
+@handles_errors
+def data_synthetic(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write (VOC layout + COCO JSON).")],
+    train: Annotated[int, typer.Option(help="Images in trainval (90% train, 10% val).")] = 2000,
+    test: Annotated[int, typer.Option(help="Images in test.")] = 500,
+    seed: Annotated[int, typer.Option(help="Data set seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing, different folder.")] = False,
+) -> None:
+    """Write the embedded synthetic detection benchmark (deterministic for a seed)."""
+    from detbin.synthetic import CLASSES, write_dataset
+
+    path = write_dataset(out_dir, train, test, seed, overwrite)
+    out.print(f"synthetic set in {path}: {train} trainval + {test} test images, classes {', '.join(CLASSES)}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+# Registering the heavy commands here keeps ``python -m detbin`` and CliRunner(app) complete.
+from detbin import cli_commands as _cli_commands  # noqa: E402,F401
