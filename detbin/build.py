@@ -172,8 +172,11 @@ def train_loader(dataset: Dataset, config: RunConfig, rank: int = 0, world_size:
     """Training batches: difficult objects dropped, flips, a resumable seeded order."""
     view = TrainView(dataset, flip=config.data.flip, seed=config.train.seed)
     sampler = EpochSampler(len(view), seed=config.train.seed, shuffle=True, rank=rank, world_size=world_size)
+    # An own generator: without it every new iterator draws its seed from the global RNG, so a
+    # run resumed mid-epoch would consume it at a different point than an uninterrupted one.
+    generator = torch.Generator().manual_seed(config.train.seed)
     return DataLoader(view, batch_size=config.train.batch_size, sampler=sampler, collate_fn=collate, drop_last=True,
-                      num_workers=config.train.workers, persistent_workers=False)
+                      num_workers=config.train.workers, persistent_workers=False, generator=generator)
 
 
 def test_loader(dataset: Dataset, batch_size: int) -> DataLoader:

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["Context", "setup", "teardown", "all_reduce_grads", "barrier"]
+__all__ = ["Context", "setup", "teardown", "all_reduce_grads", "broadcast_buffers", "barrier"]
 
 
 @dataclass(frozen=True)
@@ -72,3 +72,14 @@ def all_reduce_grads(module: nn.Module, world_size: int) -> None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad)
         p.grad.div_(world_size)
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every rank.
+
+    DDP broadcasts buffers from rank 0 *before* each forward pass, so the update of the last
+    step stays local; this makes every rank end with rank 0's model.
+    """
+    if dist.is_available() and dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)

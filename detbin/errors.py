@@ -34,6 +34,10 @@ class DataError(DetbinError):
     """A data set folder or annotation file is missing or malformed."""
 
 
+class TrainingInterrupted(DetbinError):
+    """Ctrl-C during training: ``last.pt`` was saved and the run stopped cleanly (exit code 130)."""
+
+
 def close_matches(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ``" (did you mean: a, b?)"`` for the choices closest to ``name``, or ``""``."""
     matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)

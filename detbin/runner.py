@@ -81,6 +81,7 @@ class RunResult:
     iterations: int
     seconds: float
     classes: tuple[str, ...]
+    student: TorchvisionDetector | None = None
 
 
 def next_run_dir(project: Path, verb: str, name: str, exist_ok: bool) -> Path:
@@ -192,6 +193,16 @@ class _TeacherScore(Hook):
         self.result.update(state["teacher"])
 
 
+class _SyncBuffers(Hook):
+    """Ends a distributed run with rank 0's BatchNorm statistics on every rank."""
+
+    def __init__(self, student: TorchvisionDetector) -> None:
+        self.student = student
+
+    def after_train(self, trainer: Trainer) -> None:
+        distributed.broadcast_buffers(self.student.model)
+
+
 def run(config: RunConfig, raw: dict[str, Any], options: RunOptions) -> RunResult:
     """Build everything from ``config`` and train; resumes when ``options.resume`` is set."""
     ctx, device = distributed.setup(options.device)
@@ -242,6 +253,8 @@ def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distr
     teacher_metrics: dict[str, float] = {}
     final: dict[str, float] = {}
     hooks: list[Hook] = [ScheduleHook(scheduler), *recipe.hooks()]
+    if ctx.distributed:
+        hooks.append(_SyncBuffers(student))
     if ctx.is_main:
         if not options.resume:
             _write_run_files(directory, config, options, ctx, device)
@@ -280,7 +293,7 @@ def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distr
 
         plot_results(directory / "metrics.jsonl", directory / "plots" / "results.png")
     return RunResult(directory if ctx.is_main else None, dict(final), dict(teacher_metrics), binarized,
-                     trainer.iteration, time.perf_counter() - start, classes)
+                     trainer.iteration, time.perf_counter() - start, classes, student)
 
 
 def _restore(trainer: Trainer, student: TorchvisionDetector, recipe: Recipe, directory: Path,

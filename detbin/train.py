@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from detbin.detector import TorchvisionDetector
-from detbin.errors import DetbinError
+from detbin.errors import DetbinError, TrainingInterrupted
 from detbin.recipe import Recipe, Step
 from detbin.taps import record
 from detbin.types import Target
@@ -34,10 +34,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLoss(DetbinError):
     """The total loss became NaN or infinite; the run stops and shows the last loss dict."""
-
-
-class TrainingInterrupted(DetbinError):
-    """Ctrl-C: the trainer saved ``last.pt`` (through its hooks) and stopped cleanly."""
 
 
 class Hook:
@@ -195,8 +191,9 @@ class Trainer:
             if hasattr(dataset, "epoch"):
                 dataset.epoch = self.epoch
             for batch in self.loader:
-                yield batch
+                # counted before the step runs, so a checkpoint written after it resumes *after* it
                 self.epoch_position += 1
+                yield batch
             self.epoch, self.epoch_position = self.epoch + 1, 0
 
     def train(self) -> None:
