@@ -153,3 +153,14 @@ def test_help_is_fast_and_lists_every_verb():
     for verb in ("binarize", "train", "eval", "profile", "recipes", "data", "demo"):
         assert verb in result.stdout
     assert os.environ.get("DETBIN_DEBUG") is None
+
+
+def test_set_epochs_takes_effect_and_is_saved(tmp_path, teacher_file):
+    # smoke data: 16 images, batch 2 -> 8 iterations per epoch; 2 epochs -> 16 iterations
+    result = invoke("binarize", "--recipe", "reactnet", "--config", SMOKE, "--teacher", str(teacher_file),
+                    "--project", str(tmp_path), "--name", "epochs", "--set", "train.epochs=2",
+                    "--set", "train.max_iterations=null", "--set", "eval.max_images=2")
+    assert result.exit_code == 0, result.stderr
+    run = tmp_path / "binarize" / "epochs"
+    assert "epochs: 2.0" in (run / "recipe.yaml").read_text()
+    assert checkpoint.read(run / "weights" / "last.pt")["trainer"]["iteration"] == 16

@@ -59,11 +59,15 @@ def test_recipe_params_validated_by_the_recipe(tmp_path):
         config.validate_params(Good.Params, {"wieght": 2}, "x.yaml")
 
 
-def test_shipped_recipe_files_validate():
+def test_shipped_recipe_files_validate_with_their_recipes_params():
+    from detbin import plugins
+
     files = sorted(config.recipes_dir().rglob("*.yaml"))
-    assert len(files) >= 8
+    assert len(files) >= 12
     for path in files:
-        config.load(path)
+        loaded, _ = config.load(path)
+        if loaded.recipe is not None:
+            config.validate_params(plugins.load(loaded.recipe).Params, loaded.params, str(path))
 
 
 def test_find_recipe_file_by_variant_name():

@@ -8,8 +8,17 @@
 * ``reactnet``: ReActNet (Liu et al., ECCV 2020, arXiv:2003.03488): Bi-Real plus RSign
   (learnable per-channel threshold) and RPReLU.
 
+and the two generic detection-distillation methods the IDa-Det tables compare against, on a
+ReActNet student distilled from the teacher's FPN through one 3x3 adaptation conv per level:
+
+* ``fgfi``: fine-grained feature imitation (Wang et al., CVPR 2019, arXiv:1906.03609), the
+  anchor-IoU mask near objects;
+* ``defeat``: decoupled features (Guo et al., CVPR 2021, arXiv:2103.14475), object and
+  background regions imitated with separate weights.
+
 The layer choices follow methods.md §1.4-1.7; each class only states its layout, the platform
-does the rest. These are the "1-bit baseline" rows of the BiDet, LWS-Det and IDa-Det tables.
+does the rest. These are the "1-bit baseline" and "w/ FGFI", "w/ DeFeat" rows of the BiDet,
+LWS-Det and IDa-Det tables.
 """
 
 from __future__ import annotations
@@ -18,7 +27,9 @@ from typing import Any, ClassVar
 
 from detbin import Recipe
 
-__all__ = ["XNOR", "BiReal", "ReActNet"]
+from detbin_baselines.imitation import DeFeat, FGFI
+
+__all__ = ["XNOR", "BiReal", "ReActNet", "FGFI", "DeFeat"]
 
 _HARD_BINARY_WEIGHT = {"name": "scaled_sign", "detach_scale": True, "ste": "clip"}
 

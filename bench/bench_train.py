@@ -1,0 +1,107 @@
+"""Trainer throughput on the tiny CPU config, and checkpoint save/load time.
+
+Measures, on the tiny Faster R-CNN R18-FPN of the synthetic benchmark (batch 8, 128 px):
+
+* steps per second of the ``reactnet`` baseline (no teacher forward);
+* the same with a teacher forward each step (a recipe that taps the teacher's FPN and adds no
+  loss), which isolates the teacher's cost;
+* ``fgfi`` and ``defeat`` (teacher forward + masked feature imitation);
+* the time to write ``last.pt`` (student, recipe, optimizer, RNG) atomically and read it back.
+
+Usage: python bench/bench_train.py [--steps 30] [--warmup 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from detbin import checkpoint, plugins
+from detbin.build import make_student
+from detbin.config import recipes_dir, validate
+from detbin.data import TrainView, collate
+from detbin.detector import DetectorConfig, build_detector
+from detbin.runner import effective_spec
+from detbin.synthetic import SyntheticDetection
+from detbin.train import EpochSampler, Trainer
+
+
+def tiny_detector() -> DetectorConfig:
+    import yaml
+
+    section = yaml.safe_load((recipes_dir() / "teacher" / "tiny_synthetic.yaml").read_text())["detector"]
+    return DetectorConfig.from_dict({**section, "num_classes": 6})
+
+
+def teacher_forward_recipe():
+    base = plugins.load("reactnet")
+
+    class TeacherForward(base):  # taps the FPN on both networks, adds no loss
+        def tap_names(self, student):
+            return ["backbone"]
+
+    return TeacherForward
+
+
+def trainer_for(recipe_cls, teacher, steps: int) -> Trainer:
+    recipe = recipe_cls()
+    student, _ = make_student(teacher, recipe, effective_spec(validate({"recipe": recipe_cls.name}, "bench"), recipe))
+    recipe.prepare(student, teacher)
+    data = TrainView(SyntheticDetection(256, seed=0), seed=0)
+    loader = DataLoader(data, batch_size=8, sampler=EpochSampler(len(data)), collate_fn=collate, drop_last=True)
+    optimizer = torch.optim.Adam([p for g in recipe.param_groups(student) for p in g["params"]], lr=1e-3)
+    return Trainer(student, recipe, loader, optimizer, steps, teacher=teacher, clip_grad=10.0)
+
+
+def steps_per_second(recipe_cls, teacher, steps: int, warmup: int) -> tuple[float, Trainer]:
+    trainer = trainer_for(recipe_cls, teacher, warmup)
+    trainer.train()
+    trainer.max_iterations = warmup + steps
+    start = time.perf_counter()
+    trainer.train()
+    return steps / (time.perf_counter() - start), trainer
+
+
+def checkpoint_times(trainer: Trainer, repeats: int = 5) -> tuple[float, float, int]:
+    payload = {"model": trainer.student.model.state_dict(), "recipe_state": trainer.recipe.state_dict(),
+               "trainer": trainer.state_dict()}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "last.pt"
+        start = time.perf_counter()
+        for _ in range(repeats):
+            checkpoint.save_atomic(payload, path)
+        save = (time.perf_counter() - start) / repeats
+        start = time.perf_counter()
+        for _ in range(repeats):
+            checkpoint.read(path)
+        load = (time.perf_counter() - start) / repeats
+        return save, load, path.stat().st_size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    teacher = build_detector(tiny_detector())
+    print(f"tiny Faster R-CNN R18-FPN, batch 8, 128 px, {torch.get_num_threads()} threads, {args.steps} timed steps")
+    rows = [("reactnet (no teacher forward)", plugins.load("reactnet")),
+            ("reactnet + teacher forward", teacher_forward_recipe()),
+            ("fgfi", plugins.load("fgfi")), ("defeat", plugins.load("defeat"))]
+    baseline, last = None, None
+    for label, cls in rows:
+        rate, last = steps_per_second(cls, teacher, args.steps, args.warmup)
+        baseline = baseline or rate
+        print(f"{label:32s} {rate:6.2f} steps/s  {1 / rate:6.3f} s/step  x{baseline / rate:4.2f} of the baseline")
+    save, load, size = checkpoint_times(last)
+    print(f"last.pt ({size / 2**20:.1f} MiB): save (atomic) {save * 1000:.0f} ms, load (weights_only) {load * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
