@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from detbin.errors import DetbinError
+from detbin.errors import DetbinError, TrainingInterrupted
 
 __all__ = ["app", "main"]
 
@@ -31,8 +31,9 @@ data_app = typer.Typer(help="Data sets: the embedded synthetic benchmark.", no_a
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(data_app, name="data")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Piped output keeps whole table rows (rich would wrap them at 80 columns).
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Shared options, declared once.
@@ -41,6 +42,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Plain log lines instead of a progress bar.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: --set train.epochs=2 (repeatable).")]
+ProjectOpt = Annotated[Path, typer.Option("--project", help="Parent folder of run folders.")]
+NameOpt = Annotated[str | None, typer.Option("--name", help="Run folder name (auto-incremented if taken).")]
+ExistOkOpt = Annotated[bool, typer.Option("--exist-ok", help="Reuse the run folder if it exists.")]
 
 
 def handles_errors(fn: F) -> F:
@@ -49,12 +53,19 @@ def handles_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except TrainingInterrupted as exc:  # Ctrl-C: state saved, leave like an interrupted program
+            err.print(f"[bold yellow]interrupted:[/] {exc}", soft_wrap=True)
+            raise typer.Exit(130) from None
         except DetbinError as exc:
             if os.environ.get("DETBIN_DEBUG") == "1":
                 raise
             err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
             raise typer.Exit(1) from None
     return wrapper  # type: ignore[return-value]
+
+
+def fmt_ap(value: float) -> str:
+    return "n/a" if value != value else f"{value:.4f}"
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -142,5 +153,5 @@ def main() -> None:
     app()
 
 
-# Registering the heavy commands here keeps ``python -m detbin`` and CliRunner(app) complete.
-from detbin import cli_commands as _cli_commands  # noqa: E402,F401
+# Registering the other commands here keeps ``python -m detbin`` and CliRunner(app) complete.
+from detbin import cli_commands, cli_eval, cli_profile  # noqa: E402,F401

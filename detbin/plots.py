@@ -1,16 +1,19 @@
-"""Plots written as PNG files with matplotlib's Agg backend (never shown)."""
+"""Plots written as PNG files with matplotlib's Agg backend (never shown): training curves, PR curves."""
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plot_results"]
+__all__ = ["plot_results", "plot_pr_curves"]
 
 
 def _records(jsonl: Path) -> list[dict]:
@@ -48,3 +51,61 @@ def plot_results(jsonl: Path, png: Path) -> Path | None:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "class"
+
+
+def _draw_curve(ax, recall: np.ndarray, precision: np.ndarray, label: str, **style) -> None:
+    # COCO marks recall thresholds a class never reaches with -1; VOC has NaN recall without GT
+    keep = (np.asarray(precision) >= 0) & ~np.isnan(np.asarray(recall, dtype=float))
+    if keep.any():
+        ax.plot(np.asarray(recall)[keep], np.asarray(precision)[keep], label=label, linewidth=1.2, **style)
+
+
+def _finish(ax, title: str) -> None:
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower left")
+
+
+def plot_pr_curves(curves: Mapping[str, tuple[float, Mapping[str, tuple[np.ndarray, np.ndarray, float]]]],
+                   folder: Path, protocol: str) -> list[Path]:
+    """Precision-recall PNGs: ``pr_curve.png`` (every class, a panel per model) and ``pr_<class>.png``.
+
+    Args:
+        curves: model label -> (mAP, class name -> (recall ``[P]``, precision ``[P]``, AP)).
+            Points with negative precision (COCO: recall never reached) or NaN recall are left out.
+        folder: where the PNGs go (created).
+        protocol: named in the titles, e.g. ``voc07``.
+
+    Returns:
+        The files written, ``pr_curve.png`` first.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = list(curves)
+    fig, axes = plt.subplots(1, len(labels), figsize=(5 * len(labels), 4.4), squeeze=False)
+    for ax, label in zip(axes.flat, labels):
+        mean, per_class = curves[label]
+        for name, (recall, precision, ap) in per_class.items():
+            _draw_curve(ax, recall, precision, f"{name} {ap:.3f}")
+        _finish(ax, f"{label}: {protocol} mAP {mean:.4f}")
+    fig.tight_layout()
+    written = [folder / "pr_curve.png"]
+    fig.savefig(written[0], dpi=110)
+    plt.close(fig)
+    for name in next(iter(curves.values()))[1]:
+        fig, ax = plt.subplots(figsize=(4.4, 4))
+        for style, label in zip(({"linestyle": "-"}, {"linestyle": "--"}, {"linestyle": ":"}), labels):
+            recall, precision, ap = curves[label][1][name]
+            _draw_curve(ax, recall, precision, f"{label} AP {ap:.3f}", **style)
+        _finish(ax, f"{name} ({protocol})")
+        fig.tight_layout()
+        written.append(folder / f"pr_{_file_name(name)}.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+    return written

@@ -10,9 +10,11 @@ from helpers import toy_config
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed_threads_and_cwd(tmp_path, monkeypatch):
+    """Seeded, two threads, and run from a temporary folder so no test writes into the repo."""
     torch.manual_seed(0)
     torch.set_num_threads(2)
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

@@ -79,9 +79,9 @@ def test_binarize_writes_a_complete_run_folder(smoke_run):
     assert last["trainer"]["iteration"] == 3
 
 
-def test_eval_and_profile_rebuild_the_student_from_the_file_alone(smoke_run):
+def test_eval_and_profile_rebuild_the_student_from_the_file_alone(smoke_run, tmp_path):
     result = invoke("eval", str(smoke_run / "weights" / "best.pt"), "--dataset", "synthetic", "--max-images", "8",
-                    "--json")
+                    "--json", "--project", str(tmp_path))
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["protocol"] == "voc07" and 0 <= report["mAP"] <= 1 and set(report["per_class"]) >= {"circle"}
