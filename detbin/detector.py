@@ -30,6 +30,7 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from detbin import backbones
+from detbin.heads import use_heads
 from detbin.errors import ConfigError, close_matches
 from detbin.types import Detections, Target
 
@@ -68,7 +69,9 @@ class DetectorConfig:
         representation_size: width of the two FCs of the R-CNN box head (1024).
         min_size, max_size: resize bounds of the input transform; ``None`` keeps torchvision's
             family default (800/1333 for FPN families; the papers' VOC setting is 600/1000).
-            SSD families use ``min_size`` as their fixed square input size (300, 320).
+            SSD families use ``min_size`` as their fixed square input size (300, 320). A list of
+            ``min_size`` values trains multi-scale (one drawn per batch, torchvision's rule) and
+            tests at the last one.
         anchor_sizes: smallest anchor per FPN level; ``None`` keeps the family default.
         rpn_*, box_*: Faster R-CNN proposal and sampling settings (torchvision names).
         score_thresh, nms_thresh, detections_per_img: test-time post-processing; ``None`` keeps
@@ -80,7 +83,7 @@ class DetectorConfig:
     width_mult: float = 1.0
     fpn_channels: int = 256
     representation_size: int = 1024
-    min_size: int | None = None
+    min_size: int | tuple[int, ...] | None = None
     max_size: int | None = None
     anchor_sizes: tuple[int, ...] | None = None
     rpn_pre_nms_top_n_train: int = 2000
@@ -101,6 +104,8 @@ class DetectorConfig:
             raise ConfigError(f"num_classes must count background too (>= 2), got {self.num_classes}")
         if self.anchor_sizes is not None:
             object.__setattr__(self, "anchor_sizes", tuple(int(a) for a in self.anchor_sizes))
+        if isinstance(self.min_size, (list, tuple)):
+            object.__setattr__(self, "min_size", tuple(int(a) for a in self.min_size))
 
     @property
     def family(self) -> str:
@@ -109,9 +114,15 @@ class DetectorConfig:
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """``(min_size, max_size)`` with family defaults filled in."""
+        """Test-time ``(min_size, max_size)`` with family defaults filled in."""
         default = {"ssd300": (300, 300), "ssdlite320": (320, 320)}.get(self.family, (800, 1333))
-        return (self.min_size or default[0], self.max_size or default[1])
+        smallest = self.min_size[-1] if isinstance(self.min_size, tuple) else self.min_size
+        return (smallest or default[0], self.max_size or default[1])
+
+    @property
+    def train_sizes(self) -> int | tuple[int, ...]:
+        """``min_size`` as torchvision's transform takes it (a tuple trains multi-scale)."""
+        return self.min_size if isinstance(self.min_size, tuple) else self.input_size[0]
 
     @property
     def depth(self) -> int | None:
@@ -123,6 +134,7 @@ class DetectorConfig:
         """Plain values only, so the config survives ``torch.load(weights_only=True)``."""
         out = dataclasses.asdict(self)
         out["anchor_sizes"] = list(self.anchor_sizes) if self.anchor_sizes else None
+        out["min_size"] = list(self.min_size) if isinstance(self.min_size, tuple) else self.min_size
         return out
 
     @classmethod
@@ -174,9 +186,9 @@ def _build_fasterrcnn(cfg: DetectorConfig) -> nn.Module:
     backbone = _fpn_backbone(cfg, [1, 2, 3, 4], LastLevelMaxPool())
     sizes = cfg.anchor_sizes or (32, 64, 128, 256, 512)
     anchors = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
-    min_size, max_size = cfg.input_size
-    return FasterRCNN(
-        backbone, num_classes=None, min_size=min_size, max_size=max_size, rpn_anchor_generator=anchors,
+    max_size = cfg.input_size[1]
+    return use_heads(FasterRCNN(
+        backbone, num_classes=None, min_size=cfg.train_sizes, max_size=max_size, rpn_anchor_generator=anchors,
         box_head=TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.representation_size),
         box_predictor=FastRCNNPredictor(cfg.representation_size, cfg.num_classes),
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
@@ -184,7 +196,7 @@ def _build_fasterrcnn(cfg: DetectorConfig) -> nn.Module:
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image, box_batch_size_per_image=cfg.box_batch_size_per_image,
         **_postprocess(cfg, score_thresh="box_score_thresh", nms_thresh="box_nms_thresh",
                        detections_per_img="box_detections_per_img"),
-    )
+    ))
 
 
 def _build_retinanet(cfg: DetectorConfig) -> nn.Module:
@@ -192,15 +204,15 @@ def _build_retinanet(cfg: DetectorConfig) -> nn.Module:
     base = cfg.anchor_sizes or (32, 64, 128, 256, 512)
     sizes = tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in base)  # torchvision's 3 scales
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-    min_size, max_size = cfg.input_size
-    return RetinaNet(backbone, cfg.num_classes, min_size=min_size, max_size=max_size,
+    max_size = cfg.input_size[1]
+    return RetinaNet(backbone, cfg.num_classes, min_size=cfg.train_sizes, max_size=max_size,
                      anchor_generator=anchors, **_postprocess(cfg))
 
 
 def _build_fcos(cfg: DetectorConfig) -> nn.Module:
     backbone = _fpn_backbone(cfg, [2, 3, 4], LastLevelP6P7(cfg.fpn_channels, cfg.fpn_channels))
-    min_size, max_size = cfg.input_size
-    return FCOS(backbone, cfg.num_classes, min_size=min_size, max_size=max_size, **_postprocess(cfg))
+    max_size = cfg.input_size[1]
+    return FCOS(backbone, cfg.num_classes, min_size=cfg.train_sizes, max_size=max_size, **_postprocess(cfg))
 
 
 def _build_ssd300(cfg: DetectorConfig) -> nn.Module:

@@ -1,0 +1,70 @@
+"""Faster R-CNN heads whose box-regression loss can be L1 as well as smooth-L1.
+
+torchvision hard-codes smooth-L1 with ``beta = 1/9`` in the RPN and the RoI head; mmdet-era
+1-bit students (IDa-Det's config) train with plain L1. ``smooth_l1_loss`` with ``beta = 0``
+is exactly L1, so each head carries a ``box_beta`` (default 1/9: torchvision's behaviour,
+bit for bit) and a recipe may set it to 0. The builders give every Faster R-CNN these heads;
+state dicts are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
+
+__all__ = ["RPN", "BoxRoIHeads", "use_heads"]
+
+TORCHVISION_BETA = 1.0 / 9.0
+
+
+class RPN(RegionProposalNetwork):
+    """torchvision's RPN with a configurable regression ``box_beta`` (0 = L1)."""
+
+    box_beta: float = TORCHVISION_BETA
+
+    def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
+                     regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Sampled BCE on objectness and (smooth-)L1 on positive deltas, / sampled anchors."""
+        sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
+        sampled_pos = torch.where(torch.cat(sampled_pos, dim=0))[0]
+        sampled_neg = torch.where(torch.cat(sampled_neg, dim=0))[0]
+        sampled = torch.cat([sampled_pos, sampled_neg], dim=0)
+        labels_all = torch.cat(labels, dim=0)
+        targets = torch.cat(regression_targets, dim=0)
+        box_loss = F.smooth_l1_loss(pred_bbox_deltas[sampled_pos], targets[sampled_pos], beta=self.box_beta,
+                                    reduction="sum") / sampled.numel()
+        objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels_all[sampled])
+        return objectness_loss, box_loss
+
+
+class BoxRoIHeads(RoIHeads):
+    """torchvision's box-only RoI heads with a configurable regression ``box_beta`` (0 = L1).
+
+    Training follows ``RoIHeads.forward`` for boxes (sampling, RoIAlign, box head, predictor);
+    inference is torchvision's own. Mask and keypoint branches are not supported.
+    """
+
+    box_beta: float = TORCHVISION_BETA
+
+    def forward(self, features, proposals, image_shapes, targets=None):  # type: ignore[override]
+        if not self.training or self.box_beta == TORCHVISION_BETA:
+            return super().forward(features, proposals, image_shapes, targets)
+        proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        labels_all, targets_all = torch.cat(labels, dim=0), torch.cat(regression_targets, dim=0)
+        positive = torch.where(labels_all > 0)[0]
+        box_regression = box_regression.reshape(class_logits.shape[0], -1, 4)
+        box_loss = F.smooth_l1_loss(box_regression[positive, labels_all[positive]], targets_all[positive],
+                                    beta=self.box_beta, reduction="sum") / labels_all.numel()
+        return [], {"loss_classifier": F.cross_entropy(class_logits, labels_all), "loss_box_reg": box_loss}
+
+
+def use_heads(model: torch.nn.Module) -> torch.nn.Module:
+    """Give a torchvision Faster R-CNN these heads in place (same modules, same weights)."""
+    model.rpn.__class__ = RPN
+    model.roi_heads.__class__ = BoxRoIHeads
+    return model
