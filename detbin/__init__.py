@@ -20,10 +20,10 @@ _EXPORTS = {
     "record": "detbin.taps",
     "DetbinError": "detbin.errors", "ConfigError": "detbin.errors",
     "Cost": "detbin.profile", "profile": "detbin.profile",
-    "VocMAP": "detbin.evaluate", "run_evaluation": "detbin.evaluate",
+    "VocMAP": "detbin.evaluate", "CocoMAP": "detbin.evaluate", "run_evaluation": "detbin.evaluate",
     "SyntheticDetection": "detbin.synthetic",
 }
-_MODULES = {"quantizers", "surgery", "layers", "layout"}
+_MODULES = {"quantizers", "surgery", "layers", "layout", "binary_blocks"}
 
 __all__ = sorted([*_EXPORTS, *_MODULES, "__version__"])
 

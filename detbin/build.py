@@ -16,6 +16,7 @@ Without a recipe (``detbin train``) steps 2-5 reduce to building a real-valued d
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,11 +39,13 @@ from detbin.synthetic import SyntheticDetection
 from detbin.train import EpochSampler, freeze
 
 __all__ = [
-    "build_dataset", "dataset_classes", "load_teacher", "load_model", "make_student", "build_optimizer",
+    "build_dataset", "dataset_classes", "load_teacher", "student_base", "load_model", "make_student", "build_optimizer",
     "build_scheduler", "build_evaluator", "Plan", "plan_iterations", "train_loader", "test_loader",
 ]
 
-_SHAPE_FIELDS = ("arch", "num_classes", "width_mult", "fpn_channels", "representation_size")
+log = logging.getLogger(__name__)
+
+SHAPE_FIELDS = ("arch", "num_classes", "width_mult", "fpn_channels", "representation_size")
 
 
 def build_dataset(split: DataSplit, root_override: Path | None = None) -> Dataset:
@@ -66,35 +69,56 @@ def dataset_classes(dataset: Dataset) -> tuple[str, ...]:
     return tuple(getattr(dataset, "classes"))
 
 
-def merge_detector(base: DetectorConfig, section: dict[str, Any] | None, source: str) -> DetectorConfig:
-    """``base`` with the file's non-shape detector settings applied (input size, proposals...).
-
-    Shape-defining keys (arch, classes, widths) must agree with ``base``: weights fix them.
-    """
+def merge_detector(base: DetectorConfig, section: dict[str, Any] | None) -> DetectorConfig:
+    """``base`` with the file's detector settings applied (``None`` values are skipped)."""
     values = base.to_dict()
-    for key, value in (section or {}).items():
-        if value is None:
-            continue
-        if key in _SHAPE_FIELDS and value != values[key]:
-            raise ConfigError(f"{source}: detector.{key} is {value!r} but the teacher's weights have "
-                              f"{values[key]!r}; remove the key or use a matching teacher")
-        values[key] = value
+    values.update({k: v for k, v in (section or {}).items() if v is not None})
     return DetectorConfig.from_dict(values)
 
 
-def load_teacher(path: Path, arch: str | None, section: dict[str, Any] | None, source: str) -> TorchvisionDetector:
-    """A frozen real-valued teacher from a detbin checkpoint or a torchvision state dict."""
-    runtime = {k: v for k, v in (section or {}).items() if v is not None and k not in _SHAPE_FIELDS}
+def load_teacher(path: Path, arch: str | None, section: dict[str, Any] | None) -> TorchvisionDetector:
+    """A frozen real-valued teacher from a detbin checkpoint or a torchvision state dict.
+
+    Its shapes (architecture, widths, classes) come from the weights; the file's non-shape
+    detector settings (input size, proposal counts ...) apply to it as to the student.
+    """
+    runtime = {k: v for k, v in (section or {}).items() if v is not None and k not in SHAPE_FIELDS}
     teacher, meta = checkpoint.load_detector(Path(path), arch, **runtime)
     if meta.get("kind") == "student":
         raise CheckpointError(f"{path}: is a 1-bit student checkpoint; a teacher must be real-valued")
-    config = merge_detector(teacher.config, section, source)
+    config = merge_detector(teacher.config, runtime)
     if config != teacher.config:
         rebuilt = build_detector(config)
         rebuilt.model.load_state_dict(teacher.model.state_dict())
         teacher = rebuilt
     freeze(teacher)
     return teacher
+
+
+def student_base(teacher: TorchvisionDetector, section: dict[str, Any] | None, init: Path | None,
+                 source: str) -> TorchvisionDetector:
+    """The real-valued network the student is made from.
+
+    The teacher itself when the file's detector section names no other shape; otherwise (an
+    R18 student of an R101 teacher, IDa-Det's setting) that architecture, with the teacher's
+    class count and input settings, initialised from ``init`` (a real-valued checkpoint of the
+    student architecture) or randomly.
+    """
+    shape = {k: v for k, v in (section or {}).items() if v is not None and k in SHAPE_FIELDS}
+    if all(getattr(teacher.config, k) == v for k, v in shape.items()):
+        return teacher
+    if shape.get("num_classes", teacher.config.num_classes) != teacher.config.num_classes:
+        raise ConfigError(f"{source}: detector.num_classes {shape['num_classes']} differs from the teacher's "
+                          f"{teacher.config.num_classes}")
+    config = merge_detector(teacher.config, section)
+    if init is None:
+        log.warning("student %s differs from the teacher (%s) and has no student.init: random initialisation",
+                    config.arch, teacher.config.arch)
+        return build_detector(config)
+    source_model, _ = checkpoint.load_detector(Path(init), config.arch)
+    student = build_detector(config)
+    checkpoint.load_state(student, source_model.model.state_dict(), str(init))
+    return student
 
 
 def make_student(teacher: TorchvisionDetector, recipe: Recipe, spec: BinarizeSpec) -> tuple[TorchvisionDetector, list[str]]:

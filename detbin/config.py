@@ -70,6 +70,12 @@ class TeacherSection(_Strict):
     arch: str | None = None
 
 
+class StudentSection(_Strict):
+    """``init``: real-valued weights for a student whose architecture differs from the teacher's."""
+
+    init: str | None = None
+
+
 class DataSplit(_Strict):
     """One split: ``voc`` (a VOC-layout folder), ``coco`` or in-memory ``synthetic``."""
 
@@ -146,6 +152,7 @@ class RunConfig(_Strict):
     params: dict[str, Any] = {}
     detector: DetectorSection | None = None  # type: ignore[valid-type]
     teacher: TeacherSection = TeacherSection()
+    student: StudentSection = StudentSection()
     binarize: BinarizeSection = BinarizeSection()  # type: ignore[valid-type]
     data: DataSection = DataSection()
     train: TrainSection = TrainSection()

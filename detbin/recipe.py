@@ -121,6 +121,16 @@ class Recipe(nn.Module):
         return {}
 
     @torch.no_grad()
-    def teacher_features(self, step_images: list[Tensor], teacher: TorchvisionDetector) -> None:
-        """Run the teacher on the batch so its taps fire (default: backbone + FPN only)."""
-        teacher.features(step_images)
+    def teacher_features(self, images: list[Tensor], teacher: TorchvisionDetector,
+                         student_taps: dict[str, list[Any]]) -> None:
+        """Run the teacher on the batch so its taps fire (default: backbone + FPN only).
+
+        When the student's ``transform`` was tapped, the teacher sees the student's very input
+        tensor (same resize, same padding), as the methods' code runs the teacher on the same
+        augmented batch; re-transforming would pick another scale under multi-scale training.
+        """
+        transformed = student_taps.get("transform")
+        if transformed:
+            teacher.model.backbone(transformed[0][0].tensors)
+        else:
+            teacher.features(images)

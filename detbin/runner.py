@@ -1,41 +1,28 @@
-"""A training run end to end: run folder, teacher, student, trainer, hooks, resume, DDP.
+"""A training run end to end: teacher, student, recipe, trainer, resume, DDP.
 
-Run folder (Ultralytics style, ``runs/<verb>/<name>``)::
-
-    args.yaml       run options (teacher, data, device ...) as given
-    recipe.yaml     the resolved recipe file actually trained
-    env.json        detbin / torch / torchvision versions, device, world size
-    metrics.jsonl   one JSON object per logged interval and per evaluation
-    results.csv     losses, lr, metrics per logged interval
-    weights/last.pt student + recipe + optimizer/scheduler/RNG state (resume point)
-    weights/best.pt student only (no teacher, no optimizer), best test metric
-    plots/results.png
-
-Only rank 0 writes. The teacher is scored once at the start (``teacher/<metric>``).
+:func:`run` builds everything from a validated config in the order of :mod:`detbin.build`,
+trains, and returns the result; :mod:`detbin.run_files` writes the run folder (rank 0 only).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 import yaml
 
-from detbin import __version__, build, checkpoint, distributed, plugins
-from detbin.config import RunConfig, dump, validate, validate_params
+from detbin import build, checkpoint, distributed, plugins
+from detbin.config import RunConfig, validate, validate_params
 from detbin.detector import DetectorConfig, TorchvisionDetector, build_detector
 from detbin.errors import ConfigError
-from detbin.evaluate import run_evaluation
-from detbin.hooks import CheckpointHook, EvalHook, MetricsLogger, ScheduleHook
+from detbin.hooks import ScheduleHook
 from detbin.layout import BinarizeSpec
 from detbin.recipe import Recipe
+from detbin.run_files import Evaluate, Outputs, SyncBuffers, write_run_files
 from detbin.train import Hook, Trainer
 
 __all__ = ["RunOptions", "RunResult", "run", "resume_options", "next_run_dir"]
@@ -134,12 +121,14 @@ def _models(config: RunConfig, options: RunOptions, recipe: Recipe, classes: tup
     elif teacher_path is None:
         raise ConfigError(f"recipe {recipe.name!r} needs a teacher: pass --teacher T.pt or set teacher.checkpoint")
     else:
-        teacher = build.load_teacher(teacher_path, options.teacher_arch or config.teacher.arch, section, options.source)
+        teacher = build.load_teacher(teacher_path, options.teacher_arch or config.teacher.arch, section)
     if teacher.config.num_classes != len(classes) + 1:
         raise ConfigError(f"the teacher predicts {teacher.config.num_classes - 1} classes but the data has "
                           f"{len(classes)} ({', '.join(classes)}); use a teacher trained on this label set")
+    init = Path(config.student.init) if config.student.init else None
+    base = build.student_base(teacher, section, init, options.source) if teacher_path is not None else teacher
     spec = effective_spec(config, recipe)
-    student, binarized = build.make_student(teacher, recipe, spec)
+    student, binarized = build.make_student(base, recipe, spec)
     return student, (teacher if teacher_path is not None else None), binarized, spec
 
 
@@ -147,60 +136,6 @@ def effective_spec(config: RunConfig, recipe: Recipe) -> BinarizeSpec:
     """The recipe's layout, overridden by the keys the recipe file sets explicitly."""
     return BinarizeSpec.from_dict({**BinarizeSpec().to_dict(), **recipe.layout,
                                    **config.binarize.model_dump(exclude_unset=True)})
-
-
-def _payload(kind: str, student: TorchvisionDetector, spec: BinarizeSpec | None, recipe: Recipe,
-             classes: tuple[str, ...], raw: dict[str, Any], metrics: dict[str, float]) -> dict[str, Any]:
-    """A self-contained checkpoint of the student (plain values and tensors only)."""
-    model = student.model
-    return {
-        "format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION, "detbin_version": __version__,
-        "kind": kind, "detector": student.config.to_dict(), "binarize": spec.to_dict() if spec else None,
-        "recipe": recipe.name or None, "recipe_params": recipe.params.model_dump(mode="json"),
-        "classes": list(classes), "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "metrics": dict(metrics), "config": raw,
-    }
-
-
-def _write_run_files(directory: Path, config: RunConfig, options: RunOptions, ctx: distributed.Context,
-                     device: torch.device) -> None:
-    (directory / "weights").mkdir(parents=True, exist_ok=True)
-    (directory / "plots").mkdir(exist_ok=True)
-    (directory / "args.yaml").write_text(yaml.safe_dump(options.to_dict(), sort_keys=False))
-    (directory / "recipe.yaml").write_text(dump(config))
-    env = {"detbin": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
-           "cuda": torch.version.cuda, "world_size": ctx.world_size, "threads": torch.get_num_threads()}
-    (directory / "env.json").write_text(json.dumps(env, indent=2) + "\n")
-
-
-class _TeacherScore(Hook):
-    """Scores the teacher once before training (not again on resume)."""
-
-    def __init__(self, evaluate: Any, logger: MetricsLogger, result: dict[str, float]) -> None:
-        self.evaluate, self.logger, self.result = evaluate, logger, result
-
-    def before_train(self, trainer: Trainer) -> None:
-        if trainer.teacher is None or self.result:
-            return
-        self.result.update({f"teacher/{k}": v for k, v in self.evaluate(trainer.teacher).items()})
-        self.logger.log_eval(trainer, self.result)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"teacher": self.result}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.result.update(state["teacher"])
-
-
-class _SyncBuffers(Hook):
-    """Ends a distributed run with rank 0's BatchNorm statistics on every rank."""
-
-    def __init__(self, student: TorchvisionDetector) -> None:
-        self.student = student
-
-    def after_train(self, trainer: Trainer) -> None:
-        distributed.broadcast_buffers(self.student.model)
 
 
 def run(config: RunConfig, raw: dict[str, Any], options: RunOptions) -> RunResult:
@@ -212,21 +147,17 @@ def run(config: RunConfig, raw: dict[str, Any], options: RunOptions) -> RunResul
         distributed.teardown()
 
 
-def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distributed.Context,
-         device: torch.device) -> RunResult:
-    torch.manual_seed(config.train.seed)
-    recipe = _recipe(config, options.source)
-    train_set = build.build_dataset(config.data.train, options.data)
-    test_set = build.build_dataset(config.data.test, options.data)
-    classes = build.dataset_classes(train_set)
-    student, teacher, binarized, spec = _models(config, options, recipe, classes)
-    # Record the detector and layout actually built, so recipe.yaml rebuilds them exactly.
+def _effective(config: RunConfig, student: TorchvisionDetector, spec: BinarizeSpec | None, source: str) -> RunConfig:
+    """The config with the detector and layout actually built, so recipe.yaml rebuilds them exactly."""
     effective = {**config.model_dump(mode="json"), "detector": student.config.to_dict()}
     if spec is not None:
         effective["binarize"] = spec.to_dict()
-    config = validate(effective, options.source)
-    raw = config.model_dump(mode="json")
-    recipe.prepare(student, teacher)
+    return validate(effective, source)
+
+
+def _place(student: TorchvisionDetector, teacher: TorchvisionDetector | None, recipe: Recipe,
+           ctx: distributed.Context, device: torch.device) -> None:
+    """Move everything to the device; wrap the student in DDP when distributed."""
     for module in (student, teacher, recipe):
         if module is not None:
             module.to(device)
@@ -235,69 +166,49 @@ def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distr
 
         student.forward_module = DistributedDataParallel(
             student.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distributed.Context,
+         device: torch.device) -> RunResult:
+    torch.manual_seed(config.train.seed)
+    recipe = _recipe(config, options.source)
+    train_set = build.build_dataset(config.data.train, options.data)
+    test_set = build.build_dataset(config.data.test, options.data)
+    classes = build.dataset_classes(train_set)
+    student, teacher, binarized, spec = _models(config, options, recipe, classes)
+    config = _effective(config, student, spec, options.source)
+    recipe.prepare(student, teacher)
+    _place(student, teacher, recipe, ctx, device)
     optimizer = build.build_optimizer(recipe.param_groups(student), config.train.optimizer)
     plan = build.plan_iterations(config, len(train_set), ctx.world_size)
     scheduler = build.build_scheduler(optimizer, config.train.schedule, plan.max_iterations, plan.iters_per_epoch)
-    kind = "teacher" if options.verb == "train" else "student"
     name = options.name or (config.recipe or student.config.arch)
     directory = Path(options.resume or options.directory or next_run_dir(options.project, options.verb, name,
                                                                          options.exist_ok))
-    evaluator = build.build_evaluator(config.eval.metric, classes)
-    loader = build.test_loader(test_set, config.eval.batch_size)
-    metric_key = f"{config.eval.metric}/{'AP' if config.eval.metric == 'coco' else 'mAP50'}"
-
-    def evaluate(detector: TorchvisionDetector) -> dict[str, float]:
-        result = run_evaluation(detector, loader, evaluator, max_images=config.eval.max_images)
-        return {metric_key: result.mAP, **{f"{config.eval.metric}/{k}": v for k, v in result.stats.items()}}
-
-    teacher_metrics: dict[str, float] = {}
-    final: dict[str, float] = {}
-    hooks: list[Hook] = [ScheduleHook(scheduler), *recipe.hooks()]
-    if ctx.distributed:
-        hooks.append(_SyncBuffers(student))
+    outputs = Outputs(directory, "teacher" if options.verb == "train" else "student", student, spec, recipe,
+                       classes, config.model_dump(mode="json"))
+    hooks: list[Hook] = [ScheduleHook(scheduler), *recipe.hooks(), *([SyncBuffers(student)] if ctx.distributed else [])]
     if ctx.is_main:
         if not options.resume:
-            _write_run_files(directory, config, options, ctx, device)
-        logger = MetricsLogger(directory / "metrics.jsonl", directory / "results.csv", config.train.log_every)
-
-        def save_best(trainer: Trainer, metrics: dict[str, float]) -> None:
-            checkpoint.save_atomic(_payload(kind, student, spec, recipe, classes, raw, {**metrics, **teacher_metrics}),
-                                   directory / "weights" / "best.pt")
-
-        def on_result(trainer: Trainer, metrics: dict[str, float]) -> None:
-            final.clear()
-            final.update(metrics)
-            logger.log_eval(trainer, metrics)
-
-        def make_last(trainer: Trainer) -> dict[str, Any]:
-            payload = _payload(kind, student, spec, recipe, classes, raw, {**final, **teacher_metrics})
-            return {**payload, "recipe_state": recipe.state_dict(), "trainer": trainer.state_dict()}
-
-        hooks += [
-            _TeacherScore(evaluate, logger, teacher_metrics),
-            EvalHook(config.eval.every, metric_key, lambda t: evaluate(t.student), save_best, on_result),
-            logger,
-            CheckpointHook(directory / "weights" / "last.pt", config.train.checkpoint_every, make_last),
-            *options.hooks,
-        ]
+            write_run_files(directory, config, options, ctx, device)
+        hooks += outputs.hooks(config, Evaluate(config, test_set, classes), options.hooks)
+    sync = (lambda: distributed.all_reduce_grads(recipe, ctx.world_size)) if ctx.distributed else None
     trainer = Trainer(student, recipe, build.train_loader(train_set, config, ctx.rank, ctx.world_size), optimizer,
                       plan.max_iterations, teacher=teacher, hooks=hooks, clip_grad=config.train.clip_grad,
-                      amp=config.train.amp, device=device,
-                      grad_sync=(lambda: distributed.all_reduce_grads(recipe, ctx.world_size)) if ctx.distributed else None)
+                      amp=config.train.amp, device=device, grad_sync=sync)
     if options.resume:
-        _restore(trainer, student, recipe, directory, ctx)
+        _restore(trainer, student, recipe, directory)
     start = time.perf_counter()
     trainer.train()
     if ctx.is_main:
         from detbin.plots import plot_results
 
         plot_results(directory / "metrics.jsonl", directory / "plots" / "results.png")
-    return RunResult(directory if ctx.is_main else None, dict(final), dict(teacher_metrics), binarized,
-                     trainer.iteration, time.perf_counter() - start, classes, student)
+    return RunResult(directory if ctx.is_main else None, dict(outputs.final), dict(outputs.teacher_metrics),
+                     binarized, trainer.iteration, time.perf_counter() - start, classes, student)
 
 
-def _restore(trainer: Trainer, student: TorchvisionDetector, recipe: Recipe, directory: Path,
-             ctx: distributed.Context) -> None:
+def _restore(trainer: Trainer, student: TorchvisionDetector, recipe: Recipe, directory: Path) -> None:
     """Load ``last.pt`` into the rebuilt student, recipe and trainer (every rank reads it)."""
     state = checkpoint.read(directory / "weights" / "last.pt")
     checkpoint.load_state(student, state["model"], str(directory / "weights" / "last.pt"))

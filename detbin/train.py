@@ -153,7 +153,7 @@ class Trainer:
         teacher_taps: dict[str, list[Any]] = {}
         if self.teacher is not None and (self.taps or self.recipe.needs_teacher):
             with record(self.teacher.model, self.taps) as teacher_taps, torch.no_grad():
-                self.recipe.teacher_features(images, self.teacher)
+                self.recipe.teacher_features(images, self.teacher, student_taps)
         step = Step(images, targets, task, student_taps, teacher_taps, self.iteration, self.max_iterations,
                     self.student, self.teacher)
         extra = self.recipe.loss(step)

@@ -69,9 +69,10 @@ def masked_imitation(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
     return (squared * weight).sum() / max(1.0, 2.0 * student.shape[1] * float(weight.sum()))
 
 
-def adaptation_convs(channels: int, levels: int) -> nn.ModuleList:
-    """One 3x3 conv per level (real bias), weights ``normal().fmod(2) * 1e-4`` as the repository."""
-    convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(levels))
+def adaptation_convs(in_channels: int, out_channels: int, levels: int) -> nn.ModuleList:
+    """One 3x3 conv per level from student to teacher width (real bias), weights
+    ``normal().fmod(2) * 1e-4`` as the repository initialises them."""
+    convs = nn.ModuleList(nn.Conv2d(in_channels, out_channels, 3, padding=1) for _ in range(levels))
     with torch.no_grad():
         for conv in convs:
             conv.weight.copy_(torch.randn_like(conv.weight).fmod(2) * 1e-4)

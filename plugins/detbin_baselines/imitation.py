@@ -41,7 +41,8 @@ class _Imitation(Recipe):
         with torch.no_grad():
             levels = len(student.model.backbone(torch.zeros(1, 3, 64, 64, device=_device(student))))
         student.model.train(was_training)
-        self.adapt = adaptation_convs(student.config.fpn_channels, levels).to(_device(student))
+        self.adapt = adaptation_convs(student.config.fpn_channels, teacher.config.fpn_channels,
+                                      levels).to(_device(student))
 
     def _level_inputs(self, step: Step) -> tuple[list[Tensor], list[Tensor], Any, list[Tensor]]:
         """Student maps (with grad), teacher maps, the transformed image list and targets."""

@@ -85,7 +85,7 @@ def test_recipe_gives_finite_kd_terms_with_gradients(name, keys):
     with record(student.model, taps) as student_taps:
         task = student.losses(images, targets)
     with record(teacher.model, taps) as teacher_taps, torch.no_grad():
-        recipe.teacher_features(images, teacher)
+        recipe.teacher_features(images, teacher, student_taps)
     losses = recipe.loss(Step(images, targets, task, student_taps, teacher_taps, 0, 1, student, teacher))
     assert set(losses) == keys and all(math.isfinite(v.item()) and v.item() > 0 for v in losses.values())
     sum(losses.values()).backward()
