@@ -5,10 +5,13 @@ Measures, on the tiny Faster R-CNN R18-FPN of the synthetic benchmark (batch 8, 
 * steps per second of the ``reactnet`` baseline (no teacher forward);
 * the same with a teacher forward each step (a recipe that taps the teacher's FPN and adds no
   loss), which isolates the teacher's cost;
-* ``fgfi`` and ``defeat`` (teacher forward + masked feature imitation);
+* ``fgfi``, ``defeat`` (teacher forward + masked feature imitation) and ``ida-det`` (teacher
+  forward and proposals, discrepancy selection, entropy loss); pass ``--teacher`` with a trained
+  tiny teacher (e.g. ``runs/demo/teacher/weights/best.pt``) so IDa-Det finds confident proposals
+  as in a real run (a random teacher has none above 0.85 and would flatter its step time);
 * the time to write ``last.pt`` (student, recipe, optimizer, RNG) atomically and read it back.
 
-Usage: python bench/bench_train.py [--steps 30] [--warmup 5]
+Usage: python bench/bench_train.py [--steps 30] [--warmup 5] [--teacher T.pt]
 """
 
 from __future__ import annotations
@@ -87,13 +90,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--teacher", type=Path, default=None, help="a trained tiny teacher checkpoint")
     args = parser.parse_args()
     torch.manual_seed(0)
-    teacher = build_detector(tiny_detector())
-    print(f"tiny Faster R-CNN R18-FPN, batch 8, 128 px, {torch.get_num_threads()} threads, {args.steps} timed steps")
+    if args.teacher is not None:
+        from detbin.build import load_teacher
+
+        teacher = load_teacher(args.teacher, None, None)
+    else:
+        teacher = build_detector(tiny_detector())
+    print(f"tiny Faster R-CNN R18-FPN, batch 8, 128 px, {torch.get_num_threads()} threads, {args.steps} timed steps, "
+          f"teacher {'trained: ' + str(args.teacher) if args.teacher else 'random'}")
     rows = [("reactnet (no teacher forward)", plugins.load("reactnet")),
             ("reactnet + teacher forward", teacher_forward_recipe()),
-            ("fgfi", plugins.load("fgfi")), ("defeat", plugins.load("defeat"))]
+            ("fgfi", plugins.load("fgfi")), ("defeat", plugins.load("defeat")), ("ida-det", plugins.load("ida-det"))]
     baseline, last = None, None
     for label, cls in rows:
         rate, last = steps_per_second(cls, teacher, args.steps, args.warmup)

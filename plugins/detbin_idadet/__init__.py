@@ -1,0 +1,203 @@
+"""The ``ida-det`` recipe: Information-Discrepancy-aware distillation for 1-bit detectors.
+
+Xu, Li, Zeng, Ma, Zhang, Cao, Gao, Lü: "IDa-Det: An Information Discrepancy-aware
+Distillation for 1-bit Detectors", ECCV 2022, arXiv:2210.03477; the authors' released code
+(``SteveTsui/IDa-Det``, a fork of DeFeat.pytorch) where it differs. methods.md §2 is the
+specification; every constant below is a recipe parameter with the paper's/repository's value.
+
+Per iteration (§2.9): student forward (task losses x5); teacher backbone+FPN+RPN (no grad);
+per image the teacher's and the student's confident proposals (score > 0.85, NMS 0.1);
+per FPN level the discrepancy of every proposal pair, the top round(0.6 N) pairs, their mask,
+and the entropy loss between the teacher's map and the student's adapted map;
+``loss = 5 L_det + 0.5 mean_l L_l``; BiConv's backward adds the reconstruction pull mu.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from detbin import (BinarizeSpec, BinaryConv2d, ConfigError, Hook, Params, Recipe, RPReLU, Step, binary_blocks, layout,
+                    quantizers, surgery)
+
+from detbin_idadet.biconv import BiConvWeight
+from detbin_idadet.selection import (discrepancy, entropy_loss, level_mask, proposal_pairs, rpn_proposals,
+                                     select_top, spans)
+
+__all__ = ["IDaDet", "BiConvWeight"]
+
+_TAPS = ("transform", "backbone", "rpn.head", "rpn.anchor_generator")
+
+
+class IDaDet(Recipe):
+    """IDa-Det (ECCV 2022): discrepancy-aware proposal selection + entropy distillation."""
+
+    name = "ida-det"
+    paper = ("Xu et al., IDa-Det: An Information Discrepancy-aware Distillation for 1-bit Detectors, ECCV 2022, "
+             "arXiv:2210.03477 (released code: SteveTsui/IDa-Det)")
+    needs_teacher = True
+    layout: ClassVar[dict[str, Any]] = {"form": "reactnet", "activation": "rsign", "weight": "biconv",
+                                        "fpn_lateral_kernel": 3}
+
+    class Params(Params):
+        score_threshold: float = 0.85  # §2.3: confident proposals only
+        nms_threshold: float = 0.1  # §2.3: aggressive de-duplication
+        gamma: float = 0.6  # §2.5: share of pairs kept per level
+        temperature: float = 1.0  # §2.4: spatial softmax T
+        mask_mode: Literal["repo", "box"] = "repo"  # §2.6: released code (bands) or the paper's boxes
+        kd_weight: float = 0.5  # §2.8: hint_neck_w, times the mean over FPN levels
+        task_weight: float = 5.0  # §2.1: every detection loss x5 in the student config
+        sigma_init: float = 1.000001  # §2.7: the single learned sigma
+        log_weight: float = 1e-3  # §2.7: weight of log(sigma^2)
+        scale_c: float = 0.02  # §2.2: BiConv's c
+        mu: float = 1e-4  # §2.2 / Eq. 6.89: reconstruction pull
+        box_loss: Literal["l1", "smooth_l1"] = "l1"  # §1.9: L1 regression in the student config
+        frozen_stages: int = 0  # repository: 1 (stem + stage 1) with its ImageNet-pretrained BiRes18
+        norm_eval: bool = False  # repository: True (backbone BN statistics frozen), same reason
+
+    def binarize(self, student: Any, spec: BinarizeSpec) -> list[str]:
+        """The BiRes18-FPN student of §2.1 on a torchvision Faster R-CNN FPN."""
+        model = student.model
+        if not (hasattr(model, "rpn") and hasattr(model.backbone, "fpn") and student.resnet_body):
+            raise ConfigError(f"ida-det needs a Faster R-CNN with a ResNet FPN; got {student.config.arch}")
+        if spec.form != "reactnet" or spec.weight != "biconv":
+            raise ConfigError("ida-det's student is fixed by the paper (§2.1): keep binarize.form reactnet and "
+                              "binarize.weight biconv")
+        surgery.unfreeze(model)
+        binary_blocks.convert_resnet(model.get_submodule(student.resnet_body), "reactnet", RPReLU)
+        if spec.fpn_lateral_kernel == 3:
+            layout.widen_fpn_laterals(model)
+        swapped = _swap_convs(student, spec, self.params)
+        _neck_and_rpn_prelu(model)
+        model.rpn.box_beta = model.roi_heads.box_beta = 0.0 if self.params.box_loss == "l1" else 1.0 / 9.0
+        _freeze_stages(model.get_submodule(student.resnet_body), self.params.frozen_stages)
+        return swapped
+
+    def prepare(self, student: Any, teacher: Any) -> None:
+        was_training = student.model.training
+        student.model.eval()
+        with torch.no_grad():
+            device = next(student.model.parameters()).device
+            levels = len(student.model.backbone(torch.zeros(1, 3, 64, 64, device=device)))
+        student.model.train(was_training)
+        self.adapt = nn.ModuleList(_adaptation(student.config.fpn_channels, teacher.config.fpn_channels)
+                                   for _ in range(levels)).to(device)
+        self.sigma = nn.Parameter(torch.tensor(self.params.sigma_init, device=device))
+        self._stats: dict[str, float] = {}
+
+    def hooks(self) -> list[Hook]:
+        return [_BackboneNormEval()] if self.params.norm_eval else []
+
+    def tap_names(self, student: Any) -> tuple[str, ...]:
+        return _TAPS
+
+    def task_weight(self) -> float:
+        return self.params.task_weight
+
+    @torch.no_grad()
+    def teacher_features(self, images: list[Tensor], teacher: Any, student_taps: dict[str, list[Any]]) -> None:
+        """Teacher backbone+FPN, RPN head and anchors on the student's transformed batch (§2.9)."""
+        model = teacher.model
+        image_list, _ = student_taps["transform"][0]
+        maps = list(model.backbone(image_list.tensors).values())
+        model.rpn.head(maps)
+        model.rpn.anchor_generator(image_list, maps)
+
+    def loss(self, step: Step) -> dict[str, Tensor]:
+        student_taps, teacher_taps = step.student_taps, step.teacher_taps
+        image_list, _ = student_taps["transform"][0]
+        student_maps = list(student_taps["backbone"][0].values())
+        teacher_maps = [m.detach() for m in teacher_taps["backbone"][0].values()]
+        pairs = self._pairs(step, image_list.image_sizes)
+        losses, selected = {}, 0
+        for level, (s_map, t_map, adapt) in enumerate(zip(student_maps, teacher_maps, self.adapt)):
+            mask, kept = self._mask(t_map, s_map.detach(), pairs, image_list)
+            selected += kept
+            term = entropy_loss(t_map, adapt(s_map), mask, self.sigma, self.params.log_weight)
+            losses[f"kd_p{level + 2}"] = self.params.kd_weight / len(student_maps) * term
+        self._stats = {"pairs": float(sum(len(p) for p in pairs)), "selected": float(selected),
+                       "sigma": float(self.sigma.detach())}
+        return losses
+
+    def after_optimizer_step(self, step: Step) -> dict[str, float]:
+        return dict(self._stats)
+
+    def _pairs(self, step: Step, image_sizes: list[tuple[int, int]]) -> list[Tensor]:
+        def proposals(detector: Any, taps: dict[str, list[Any]]) -> tuple[list[Tensor], list[Tensor]]:
+            objectness, deltas = taps["rpn.head"][0]
+            return rpn_proposals(detector.model.rpn, objectness, deltas, taps["rpn.anchor_generator"][0], image_sizes)
+
+        return proposal_pairs(proposals(step.teacher, step.teacher_taps), proposals(step.student, step.student_taps),
+                              self.params.score_threshold, self.params.nms_threshold)
+
+    @torch.no_grad()
+    def _mask(self, teacher_map: Tensor, student_map: Tensor, pairs: list[Tensor], image_list: Any
+              ) -> tuple[Tensor, int]:
+        """``[B, H, W]`` mask of the top-gamma discrepant pairs of each image, and how many were kept."""
+        height, width = teacher_map.shape[-2:]
+        padded = tuple(image_list.tensors.shape[-2:])
+        masks, kept = [], 0
+        for b, boxes in enumerate(pairs):
+            grid = spans(boxes, (height, width), image_list.image_sizes[b], padded, self.params.mask_mode)
+            scores = [discrepancy(teacher_map[b, :, s.r1:s.r2, s.c1:s.c2], student_map[b, :, s.r1:s.r2, s.c1:s.c2],
+                                  self.params.temperature) for s in grid]
+            chosen = [grid[i] for i in select_top(scores, self.params.gamma)]
+            kept += len(chosen)
+            masks.append(level_mask(chosen, height, width, self.params.mask_mode, teacher_map.device))
+        return torch.stack(masks), kept
+
+
+def _adaptation(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """Per-level 3x3 adaptation conv, weights ``normal().fmod(2) * 1e-4``, default bias (§2.7)."""
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn_like(conv.weight).fmod(2) * 1e-4)
+    return conv
+
+
+def _swap_convs(student: Any, spec: BinarizeSpec, params: Any) -> list[str]:
+    """BiConv everywhere not kept real: RSign inputs in the backbone, ApproxSign in neck and RPN."""
+    model = student.model
+    keep = (student.keep_real if spec.default_keep_real else ()) + spec.keep_real
+    body = student.resnet_body + "."
+
+    def choose(name: str, conv: nn.Conv2d) -> nn.Module | None:
+        if surgery.matches_any(name, keep):
+            return None
+        activation = spec.activation if name.startswith(body) else "approx_sign"
+        binary = BinaryConv2d.from_conv(conv, quantizers.get(activation, channels=conv.in_channels),
+                                        BiConvWeight(conv.out_channels, params.scale_c, params.mu))
+        if binary.bias is None:  # BiConv has a real bias (§2.1)
+            binary.bias = nn.Parameter(torch.zeros(conv.out_channels, device=conv.weight.device))
+        return binary
+
+    return surgery.binarize(model, choose)
+
+
+def _neck_and_rpn_prelu(model: nn.Module) -> None:
+    """PReLU after every FPN conv (laterals and outputs) and instead of the RPN conv's ReLU."""
+    for block in [*model.backbone.fpn.inner_blocks, *model.backbone.fpn.layer_blocks]:
+        block.append(nn.PReLU(block[0].out_channels).to(block[0].weight.device))
+    conv_block = model.rpn.head.conv[0]
+    conv_block[1] = nn.PReLU(conv_block[0].out_channels).to(conv_block[0].weight.device)
+
+
+def _freeze_stages(body: nn.Module, stages: int) -> None:
+    """The repository's ``frozen_stages``: stem (conv1, bn1) and the first ``stages`` stages."""
+    if stages <= 0:
+        return
+    for name in ["conv1", "bn1"] + [f"layer{i}" for i in range(1, stages + 1)]:
+        for p in body.get_submodule(name).parameters():
+            p.requires_grad_(False)
+
+
+class _BackboneNormEval(Hook):
+    """``norm_eval``: keep the backbone's BatchNorm statistics frozen while training."""
+
+    def before_step(self, trainer: Any) -> None:
+        body = trainer.student.model.get_submodule(trainer.student.resnet_body)
+        for module in body.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()

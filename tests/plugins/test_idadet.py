@@ -1,0 +1,181 @@
+"""ida-det: hand-computed discrepancy, selection, masks, entropy loss and BiConv gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from detbin import plugins
+from detbin.build import make_student
+from detbin.config import validate
+from detbin.detector import build_detector
+from detbin.errors import ConfigError
+from detbin.layers import BinaryConv2d
+from detbin.quantizers import ApproxSign, RSign
+from detbin.runner import effective_spec
+from detbin_idadet import BiConvWeight
+from detbin_idadet.biconv import biconv_weight
+from detbin_idadet.selection import Span, discrepancy, entropy_loss, level_mask, proposal_pairs, select_top, spans
+from helpers import toy_config
+
+
+def patch(values, h, w):
+    return torch.tensor(values, dtype=torch.float64).view(1, h, w)
+
+
+def test_discrepancy_of_two_hand_made_patches():
+    # teacher logits [0,0,0,0,0,ln 6]: softmax [1,1,1,1,1,6]/11, mean 1/6,
+    #   unbiased var = (5 (5/66)^2 + (25/66)^2) / 5 = 25/726, d_t = (1/36) / (25/726) = 726/900
+    # student logits [0,0,0,ln 2,ln 2,ln 2]: softmax [1,1,1,2,2,2]/9, deviations +-1/18,
+    #   var = (6/324)/5 = 1/270, d_s = 270/36 = 7.5
+    # eps = |d_t - d_s| / h * w with h = 2, w = 3 (the code's precedence: (sum / h) * w)
+    teacher = patch([0, 0, 0, 0, 0, math.log(6)], 2, 3)
+    student = patch([0, 0, 0, math.log(2), math.log(2), math.log(2)], 2, 3)
+    expected = abs(726 / 900 - 7.5) / 2 * 3
+    assert discrepancy(teacher, student) == pytest.approx(expected, rel=1e-9)
+    # channels add up; swapping teacher and student changes nothing
+    both_t, both_s = torch.cat([teacher, teacher]), torch.cat([student, teacher])
+    assert discrepancy(both_t, both_s) == pytest.approx(expected, rel=1e-9)
+    assert discrepancy(student, teacher) == pytest.approx(expected, rel=1e-9)
+
+
+def test_discrepancy_of_thin_patches_is_zero():
+    assert discrepancy(torch.randn(4, 1, 5), torch.randn(4, 1, 5)) == 0.0
+    assert discrepancy(torch.randn(4, 3, 1), torch.randn(4, 3, 1)) == 0.0
+
+
+def test_top_gamma_selection():
+    # N_T + N_S = 5, gamma 0.6 -> round(3.0) = 3 pairs, the most discrepant ones
+    assert select_top([0.1, 5.0, 0.3, 2.0, 4.0], 0.6) == [1, 3, 4]
+    assert select_top([1.0, 2.0], 0.6) == [1]  # round(1.2) = 1
+    assert select_top([], 0.6) == []
+
+
+LEVEL, IMAGE, PADDED = (8, 10), (60, 75), (64, 80)  # level grid (H, W); image (h, w) before/after padding
+BOX_1, BOX_2 = [8.0, 16, 40, 32], [48.0, 4, 72, 20]
+
+
+def test_repo_spans_swap_x_and_y():
+    # rows round(x * 8 / 75), columns round(y * 10 / 60):
+    # box 1: x 8 -> 0.853 -> 1, x 40 -> 4.27 -> 4; y 16 -> 2.67 -> 3, y 32 -> 5.33 -> 5
+    # box 2: x 48 -> 5.12 -> 5, x 72 -> 7.68 -> 8; y 4 -> 0.67 -> 1, y 20 -> 3.33 -> 3
+    got = spans(torch.tensor([BOX_1, BOX_2]), LEVEL, IMAGE, PADDED, "repo")
+    assert got == [Span(1, 4, 3, 5), Span(5, 8, 1, 3)]
+
+
+def test_repo_mask_is_two_full_width_bands_per_box():
+    grid = spans(torch.tensor([BOX_1, BOX_2]), LEVEL, IMAGE, PADDED, "repo")
+    rows = lambda m: sorted({r for r, _ in m.nonzero().tolist()})  # noqa: E731
+    one = level_mask(grid[:1], *LEVEL, "repo", torch.device("cpu"))
+    assert rows(one) == [1, 2, 3, 4] and one.sum() == 4 * 10  # rows 1:4 and 3:5, all 10 columns
+    both = level_mask(grid, *LEVEL, "repo", torch.device("cpu"))
+    assert rows(both) == [1, 2, 3, 4, 5, 6, 7] and bool(both[1:8].all()) and not both[0].any()
+
+
+def test_box_mask_is_the_boxes():
+    # stride 8 both ways: box 1 rows floor(16/8)=2 .. ceil(32/8)=4, columns 1 .. 5
+    #                     box 2 rows 0 .. ceil(20/8)=3, columns 6 .. 9
+    grid = spans(torch.tensor([BOX_1, BOX_2]), LEVEL, IMAGE, PADDED, "box")
+    assert grid == [Span(2, 4, 1, 5), Span(0, 3, 6, 9)]
+    mask = level_mask(grid, *LEVEL, "box", torch.device("cpu"))
+    expected = torch.zeros(LEVEL, dtype=torch.bool)
+    expected[2:4, 1:5] = True
+    expected[0:3, 6:9] = True
+    assert torch.equal(mask, expected) and mask.sum() == 2 * 4 + 3 * 3
+
+
+def test_entropy_loss_value():
+    teacher = torch.full((1, 1, 2, 2), 2.0)
+    adapted = torch.zeros(1, 1, 2, 2)
+    mask = torch.tensor([[[True, False], [False, False]]])
+    sigma = torch.tensor(2.0)
+    # masked sum D^2 = 4; (4 + 4 / sigma^2 + 1e-3 log(sigma^2) * 4 elements) / (1 pixel * 1 channel)
+    assert entropy_loss(teacher, adapted, mask, sigma).item() == pytest.approx(4 + 1 + 1e-3 * math.log(4) * 4)
+    # no box survives: the count is clamped to 1 and only the (unmasked) log term remains ([Q])
+    empty = torch.zeros_like(mask)
+    assert entropy_loss(teacher, adapted, empty, sigma).item() == pytest.approx(1e-3 * math.log(4) * 4)
+
+
+def test_proposal_pairs_filter_dedupe_and_concatenate():
+    teacher = ([torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]])], [torch.tensor([0.9, 0.95, 0.5])])
+    student = ([torch.tensor([[30.0, 30, 40, 40]])], [torch.tensor([0.86])])
+    # teacher: 0.5 fails the 0.85 threshold; the other two overlap (IoU 0.68 > 0.1) -> keep 0.95
+    (pairs,) = proposal_pairs(teacher, student)
+    assert pairs.tolist() == [[1.0, 1, 11, 11], [30, 30, 40, 40]]
+
+
+def test_biconv_forward_and_backward_match_the_formulas():
+    torch.manual_seed(3)
+    c, mu = 0.02, 1e-4
+    w = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    s = torch.tensor([40.0, -25.0], dtype=torch.float64, requires_grad=True)
+    w_hat = biconv_weight(w, s, c, mu)
+    sign = torch.where(w >= 0, 1.0, -1.0).detach()
+    expected = c * s.detach().abs().view(-1, 1, 1, 1) * sign
+    assert torch.equal(w_hat, expected)
+    g = torch.randn_like(w_hat)
+    w_hat.backward(g)
+    residual = w.detach() - expected
+    assert torch.allclose(w.grad, s.detach().abs().view(-1, 1, 1, 1) * g + mu * residual)
+    expected_s = (g * w.detach()).sum(dim=(1, 2, 3)) - mu * (residual * c * sign).sum(dim=(1, 2, 3))
+    assert torch.allclose(s.grad, expected_s)
+
+
+def test_biconv_reconstruction_pull_acts_without_task_gradient():
+    w = torch.randn(4, 2, 3, 3, requires_grad=True)
+    s = torch.full((4,), 10.0, requires_grad=True)
+    w_hat = biconv_weight(w, s)
+    w_hat.backward(torch.zeros_like(w_hat))
+    assert torch.allclose(w.grad, 1e-4 * (w.detach() - w_hat.detach()))
+    assert w.grad.abs().sum() > 0
+
+
+def test_biconv_init_reproduces_the_xnor_weight():
+    weight = torch.randn(8, 4, 3, 3)
+    quantizer = BiConvWeight(8)
+    quantizer.init_from(weight)
+    alpha = weight.abs().mean(dim=(1, 2, 3), keepdim=True)
+    assert torch.allclose(quantizer(weight), alpha * torch.where(weight >= 0, 1.0, -1.0), atol=1e-6)
+
+
+def ida_student(**params):
+    cls = plugins.load("ida-det")
+    recipe = cls(cls.Params(**params))
+    teacher = build_detector(toy_config(num_classes=6))
+    student, swapped = make_student(teacher, recipe, effective_spec(validate({"recipe": "ida-det"}, "t"), recipe))
+    return recipe, student, swapped, teacher
+
+
+def test_student_architecture_of_section_2_1():
+    recipe, student, swapped, _ = ida_student()
+    model = student.model
+    assert len(swapped) == 16 + 4 + 4 + 1
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, BinaryConv2d)}
+    assert all(isinstance(m.weight_quantizer, BiConvWeight) and m.bias is not None for m in convs.values())
+    assert isinstance(convs["backbone.body.layer1.0.conv1"].input_quantizer, RSign)
+    assert isinstance(convs["backbone.fpn.inner_blocks.0.0"].input_quantizer, ApproxSign)
+    assert convs["backbone.fpn.inner_blocks.0.0"].kernel_size == (3, 3)  # 3x3 binary laterals
+    assert isinstance(model.backbone.fpn.inner_blocks[0][1], nn.PReLU)
+    assert isinstance(model.backbone.fpn.layer_blocks[0][1], nn.PReLU)
+    assert isinstance(model.rpn.head.conv[0][1], nn.PReLU)
+    assert model.rpn.box_beta == model.roi_heads.box_beta == 0.0  # L1 regression
+    assert type(model.roi_heads.box_head.fc6) is nn.Linear  # the 2-FC RoI head stays real
+    assert recipe.task_weight() == 5.0
+
+
+def test_frozen_stages_as_the_repository():
+    _, student, _, _ = ida_student(frozen_stages=1)
+    body = student.model.backbone.body
+    assert not any(p.requires_grad for p in [*body.conv1.parameters(), *body.layer1.parameters()])
+    assert all(p.requires_grad for p in body.layer2.parameters())
+
+
+def test_layout_overrides_that_contradict_the_paper_fail():
+    cls = plugins.load("ida-det")
+    teacher = build_detector(toy_config(num_classes=6))
+    spec = effective_spec(validate({"recipe": "ida-det", "binarize": {"form": "bireal"}}, "t"), cls())
+    with pytest.raises(ConfigError, match="keep binarize.form reactnet"):
+        make_student(teacher, cls(), spec)
