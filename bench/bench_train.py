@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from detbin import checkpoint, plugins
 from detbin.build import make_student
-from detbin.config import recipes_dir, validate
+from detbin.config import read_yaml, recipes_dir, validate
 from detbin.data import TrainView, collate
 from detbin.detector import DetectorConfig, build_detector
 from detbin.runner import effective_spec
@@ -35,9 +35,7 @@ from detbin.train import EpochSampler, Trainer
 
 
 def tiny_detector() -> DetectorConfig:
-    import yaml
-
-    section = yaml.safe_load((recipes_dir() / "teacher" / "tiny_synthetic.yaml").read_text())["detector"]
+    section = read_yaml(recipes_dir() / "teacher" / "tiny_synthetic.yaml")["detector"]
     return DetectorConfig.from_dict({**section, "num_classes": 6})
 
 

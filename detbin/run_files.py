@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 import torchvision
-import yaml
 
 from detbin import __version__, build, checkpoint, distributed
 from detbin.config import RunConfig, dump
@@ -55,7 +54,7 @@ def write_run_files(directory: Path, config: RunConfig, options: Any, ctx: distr
                      device: torch.device) -> None:
     (directory / "weights").mkdir(parents=True, exist_ok=True)
     (directory / "plots").mkdir(exist_ok=True)
-    (directory / "args.yaml").write_text(yaml.safe_dump(options.to_dict(), sort_keys=False))
+    (directory / "args.yaml").write_text(dump(options.to_dict()))
     (directory / "recipe.yaml").write_text(dump(config))
     env = {"detbin": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
            "python": platform.python_version(), "platform": platform.platform(), "device": str(device),

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from detbin import build, checkpoint, distributed, plugins
-from detbin.config import RunConfig, validate, validate_params
+from detbin.config import RunConfig, read_yaml, validate, validate_params
 from detbin.detector import DetectorConfig, TorchvisionDetector, build_detector
 from detbin.errors import ConfigError
 from detbin.hooks import ScheduleHook
@@ -88,8 +87,8 @@ def resume_options(directory: Path) -> tuple[RunConfig, dict[str, Any], RunOptio
     for required in ("recipe.yaml", "args.yaml", "weights/last.pt"):
         if not (directory / required).is_file():
             raise ConfigError(f"{directory}: cannot resume, {required} is missing (is it a detbin run folder?)")
-    raw = yaml.safe_load((directory / "recipe.yaml").read_text())
-    args = yaml.safe_load((directory / "args.yaml").read_text())
+    raw = read_yaml(directory / "recipe.yaml")
+    args = read_yaml(directory / "args.yaml")
     options = RunOptions(verb=args["verb"], project=directory.parent.parent, name=directory.name, exist_ok=True,
                          data=Path(args["data"]) if args.get("data") else None,
                          teacher=Path(args["teacher"]) if args.get("teacher") else None,
