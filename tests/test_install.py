@@ -23,8 +23,9 @@ def test_pip_install_non_editable_lists_recipes_and_ships_yaml(tmp_path):
                                capture_output=True, text=True, check=True).stdout.strip())
     # dependencies (torch ...) come from this environment, detbin itself from the fresh wheel
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet", str(ROOT)],
-                   check=True, capture_output=True, cwd=tmp_path)
+    installed = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
+                                str(ROOT)], capture_output=True, text=True, cwd=tmp_path)
+    assert installed.returncode == 0, f"pip install failed:\n{installed.stdout}\n{installed.stderr}"
     detbin = env_dir / "bin" / "detbin"
     listed = json.loads(subprocess.run([detbin, "recipes", "--json"], capture_output=True, text=True, check=True,
                                        cwd=tmp_path).stdout)

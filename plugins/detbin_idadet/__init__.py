@@ -54,6 +54,7 @@ class IDaDet(Recipe):
         scale_c: float = 0.02  # §2.2: BiConv's c
         mu: float = 1e-4  # §2.2 / Eq. 6.89: reconstruction pull
         box_loss: Literal["l1", "smooth_l1"] = "l1"  # §1.9: L1 regression in the student config
+        prelu_init: float = 0.25  # slope of the added neck/RPN PReLUs (PyTorch's, the repository's init)
         frozen_stages: int = 0  # repository: 1 (stem + stage 1) with its ImageNet-pretrained BiRes18
         norm_eval: bool = False  # repository: True (backbone BN statistics frozen), same reason
 
@@ -62,15 +63,15 @@ class IDaDet(Recipe):
         model = student.model
         if not (hasattr(model, "rpn") and hasattr(model.backbone, "fpn") and student.resnet_body):
             raise ConfigError(f"ida-det needs a Faster R-CNN with a ResNet FPN; got {student.config.arch}")
-        if spec.form != "reactnet" or spec.weight != "biconv":
-            raise ConfigError("ida-det's student is fixed by the paper (§2.1): keep binarize.form reactnet and "
-                              "binarize.weight biconv")
+        if spec.form != "reactnet":
+            raise ConfigError("ida-det's student is fixed by the paper (§2.1): keep binarize.form reactnet "
+                              "(binarize.weight may name another quantizer for ablations; biconv is the paper's)")
         surgery.unfreeze(model)
         binary_blocks.convert_resnet(model.get_submodule(student.resnet_body), "reactnet", RPReLU)
         if spec.fpn_lateral_kernel == 3:
             layout.widen_fpn_laterals(model)
         swapped = _swap_convs(student, spec, self.params)
-        _neck_and_rpn_prelu(model)
+        _neck_and_rpn_prelu(model, self.params.prelu_init)
         model.rpn.box_beta = model.roi_heads.box_beta = 0.0 if self.params.box_loss == "l1" else 1.0 / 9.0
         _freeze_stages(model.get_submodule(student.resnet_body), self.params.frozen_stages)
         return swapped
@@ -167,8 +168,9 @@ def _swap_convs(student: Any, spec: BinarizeSpec, params: Any) -> list[str]:
         if surgery.matches_any(name, keep):
             return None
         activation = spec.activation if name.startswith(body) else "approx_sign"
-        binary = BinaryConv2d.from_conv(conv, quantizers.get(activation, channels=conv.in_channels),
-                                        BiConvWeight(conv.out_channels, params.scale_c, params.mu))
+        weight = (BiConvWeight(conv.out_channels, params.scale_c, params.mu) if spec.weight == "biconv"
+                  else quantizers.get(spec.weight, channels=conv.out_channels))
+        binary = BinaryConv2d.from_conv(conv, quantizers.get(activation, channels=conv.in_channels), weight)
         if binary.bias is None:  # BiConv has a real bias (§2.1)
             binary.bias = nn.Parameter(torch.zeros(conv.out_channels, device=conv.weight.device))
         return binary
@@ -176,12 +178,15 @@ def _swap_convs(student: Any, spec: BinarizeSpec, params: Any) -> list[str]:
     return surgery.binarize(model, choose)
 
 
-def _neck_and_rpn_prelu(model: nn.Module) -> None:
+def _neck_and_rpn_prelu(model: nn.Module, slope: float) -> None:
     """PReLU after every FPN conv (laterals and outputs) and instead of the RPN conv's ReLU."""
+    def prelu(conv: nn.Conv2d) -> nn.PReLU:
+        return nn.PReLU(conv.out_channels, init=slope).to(conv.weight.device)
+
     for block in [*model.backbone.fpn.inner_blocks, *model.backbone.fpn.layer_blocks]:
-        block.append(nn.PReLU(block[0].out_channels).to(block[0].weight.device))
+        block.append(prelu(block[0]))
     conv_block = model.rpn.head.conv[0]
-    conv_block[1] = nn.PReLU(conv_block[0].out_channels).to(conv_block[0].weight.device)
+    conv_block[1] = prelu(conv_block[0])
 
 
 def _freeze_stages(body: nn.Module, stages: int) -> None:

@@ -173,6 +173,18 @@ def test_frozen_stages_as_the_repository():
     assert all(p.requires_grad for p in body.layer2.parameters())
 
 
+def test_ablation_knobs_weight_quantizer_and_prelu_slope():
+    from detbin.quantizers import ScaledSign
+
+    cls = plugins.load("ida-det")
+    recipe = cls(cls.Params(prelu_init=1.0))
+    spec = effective_spec(validate({"recipe": "ida-det", "binarize": {"weight": "scaled_sign"}}, "t"), recipe)
+    student, _ = make_student(build_detector(toy_config(num_classes=6)), recipe, spec)
+    conv = student.model.backbone.body.layer1[0].conv1
+    assert isinstance(conv.weight_quantizer, ScaledSign)
+    assert torch.all(student.model.backbone.fpn.inner_blocks[0][1].weight == 1.0)
+
+
 def test_layout_overrides_that_contradict_the_paper_fail():
     cls = plugins.load("ida-det")
     teacher = build_detector(toy_config(num_classes=6))
