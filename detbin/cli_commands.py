@@ -106,7 +106,7 @@ def train(
         if run_config.recipe is not None:
             raise ConfigError(f"{path}: recipe: {run_config.recipe} is a binarization recipe; use `detbin binarize`")
         options = _run_options("train", project=project, name=name, exist_ok=exist_ok, data=data, device=device,
-                               source=str(path))
+                               source=str(path), overrides=overrides)
     options.hooks = [make_progress_hook(f"train {options.name or run_config.detector.arch if run_config.detector else ''}",
                                         no_progress)]
     _summary(run(run_config, raw, options), "real-valued training")
@@ -139,7 +139,7 @@ def binarize(
         path = cfg.find_recipe_file(config, recipe.split(":")[-1].lower())
         run_config, raw = cfg.load(path, [f"recipe={recipe}", *(set_ or [])])
         options = _run_options("binarize", project=project, name=name, exist_ok=exist_ok, data=data, device=device,
-                               teacher=teacher, teacher_arch=arch, source=str(path))
+                               teacher=teacher, teacher_arch=arch, source=str(path), overrides=list(set_ or []))
     options.hooks = [make_progress_hook(f"binarize {run_config.recipe}", no_progress)]
     _summary(run(run_config, raw, options), f"1-bit student ({run_config.recipe})")
 

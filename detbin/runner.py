@@ -44,12 +44,13 @@ class RunOptions:
     resume: Path | None = None
     directory: Path | None = None
     source: str = "<recipe>"
+    overrides: list[str] = field(default_factory=list)  # the --set values, recorded for the reader
     hooks: list[Hook] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"verb": self.verb, "project": str(self.project), "name": self.name, "data": _str(self.data),
                 "teacher": _str(self.teacher), "teacher_arch": self.teacher_arch, "device": self.device,
-                "source": self.source}
+                "source": self.source, "set": list(self.overrides)}
 
 
 def _str(path: Path | None) -> str | None:
@@ -93,7 +94,7 @@ def resume_options(directory: Path) -> tuple[RunConfig, dict[str, Any], RunOptio
                          data=Path(args["data"]) if args.get("data") else None,
                          teacher=Path(args["teacher"]) if args.get("teacher") else None,
                          teacher_arch=args.get("teacher_arch"), device=args.get("device"), resume=directory,
-                         source=str(directory / "recipe.yaml"))
+                         source=str(directory / "recipe.yaml"), overrides=list(args.get("set") or []))
     return validate(raw, options.source), raw, options
 
 

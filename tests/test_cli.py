@@ -11,7 +11,7 @@ import torch
 import torchvision
 from typer.testing import CliRunner
 
-from detbin import checkpoint
+from detbin import checkpoint, config
 from detbin.cli import app
 from detbin.config import recipes_dir
 from detbin.detector import build_detector
@@ -70,6 +70,7 @@ def test_binarize_writes_a_complete_run_folder(smoke_run):
                  "weights/best.pt", "plots/results.png"):
         assert (smoke_run / name).is_file(), name
     assert "max_iterations: 3" in (smoke_run / "recipe.yaml").read_text()  # --set took effect and was saved
+    assert config.read_yaml(smoke_run / "args.yaml")["set"] == ["train.max_iterations=3"]  # and is recorded as given
     records = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
     assert any("teacher/voc07/mAP50" in r for r in records), "the teacher is scored once at the start"
     best = checkpoint.read(smoke_run / "weights" / "best.pt")
