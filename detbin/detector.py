@@ -31,7 +31,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from detbin import backbones
 from detbin.heads import use_heads
-from detbin.errors import ConfigError, close_matches
+from detbin.errors import ConfigError, close_matches, reject_unknown_keys
 from detbin.types import Detections, Target
 
 __all__ = ["ARCHS", "DetectorConfig", "TorchvisionDetector", "build_detector", "tiny_config"]
@@ -140,10 +140,7 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DetectorConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"detector: unknown key(s) {unknown}; valid: {sorted(known)}")
+        reject_unknown_keys("detector", values, (f.name for f in dataclasses.fields(cls)))
         return cls(**values)
 
 

@@ -42,3 +42,11 @@ def close_matches(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ``" (did you mean: a, b?)"`` for the choices closest to ``name``, or ``""``."""
     matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f" (did you mean: {', '.join(matches)}?)" if matches else ""
+
+
+def reject_unknown_keys(section: str, values: Iterable[str], known: Iterable[str]) -> None:
+    """Raise ``ConfigError`` naming the keys of ``section`` that are not in ``known``."""
+    known = set(known)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{section}: unknown key(s) {unknown}; valid: {sorted(known)}")

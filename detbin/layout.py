@@ -25,7 +25,7 @@ from torch import nn
 
 from detbin.binary_blocks import FORMS, convert_resnet
 from detbin.detector import TorchvisionDetector
-from detbin.errors import ConfigError
+from detbin.errors import ConfigError, reject_unknown_keys
 from detbin.layers import BinaryConv2d, RPReLU
 from detbin.surgery import binarize, fix_activations_before_binary, matches_any, set_submodule, unfreeze
 
@@ -74,10 +74,7 @@ class BinarizeSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BinarizeSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"binarize: unknown key(s) {unknown}; valid: {sorted(known)}")
+        reject_unknown_keys("binarize", values, (f.name for f in dataclasses.fields(cls)))
         return cls(**values)
 
 

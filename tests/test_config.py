@@ -74,3 +74,13 @@ def test_find_recipe_file_by_variant_name():
     assert config.find_recipe_file("tiny_synthetic", "reactnet").name == "tiny_synthetic.yaml"
     with pytest.raises(ConfigError, match="no recipe file 'tiny_synthetc' for 'reactnet' \\(did you mean: tiny_synthetic"):
         config.find_recipe_file("tiny_synthetc", "reactnet")
+
+
+def test_checkpoint_sections_reject_unknown_keys_by_name():
+    from detbin.detector import DetectorConfig
+    from detbin.layout import BinarizeSpec
+
+    with pytest.raises(ConfigError, match=r"detector: unknown key\(s\) \['widht_mult'\]"):
+        DetectorConfig.from_dict({"arch": "fasterrcnn_resnet18_fpn", "widht_mult": 0.25})
+    with pytest.raises(ConfigError, match=r"binarize: unknown key\(s\) \['fomr'\]"):
+        BinarizeSpec.from_dict({"fomr": "reactnet"})
