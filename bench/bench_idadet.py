@@ -48,6 +48,8 @@ ABLATIONS = {  # label: (recipe, overrides, run-name slug)
     "KD repo, both": ("ida-det", ["params.mask_mode=repo", _HARD, "params.prelu_init=1.0"], "repo-both"),
     "no KD, XNOR weights": ("ida-det", ["params.kd_weight=0.0", _HARD], "nokd-xnorw"),
     "no KD, PReLU slope 1": ("ida-det", ["params.kd_weight=0.0", "params.prelu_init=1.0"], "nokd-prelu1"),
+    # = recipes/ida-det/tiny_synthetic_xnor_weights.yaml
+    "KD box, XNOR weights": ("ida-det", ["params.mask_mode=box", _HARD], "box-xnorw"),
 }
 
 
