@@ -18,7 +18,8 @@ import time
 import numpy as np
 import torch
 
-from detbin.evaluate import CocoMAP, VocMAP
+from detbin.evaluation.coco import CocoMAP
+from detbin.evaluation.metrics import VocMAP
 
 
 def random_set(images: int, detections: int, classes: int, seed: int = 0) -> tuple[list[dict], list[dict]]:

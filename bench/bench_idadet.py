@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from detbin import config as cfg
-from detbin.runner import RunOptions, run
-from detbin.synthetic import write_dataset
+from detbin.app.runner import RunOptions, run
+from detbin.data.synthetic import write_dataset
 
 METHODS = {  # label: (recipe, overrides)
     "reactnet (no KD)": ("reactnet", []),

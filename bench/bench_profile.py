@@ -40,10 +40,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from detbin import plugins
-from detbin.detector import DetectorConfig, TorchvisionDetector, build_detector
-from detbin.layout import BinarizeSpec
-from detbin.profile import Cost, profile
+from detbin.training import plugins
+from detbin.models.config import DetectorConfig
+from detbin.models.detector import TorchvisionDetector, build_detector
+from detbin.models.layout import BinarizeSpec
+from detbin.cost.profile import Cost, profile
 
 FROZEN = ("backbone.body.conv1", "backbone.body.bn1", "backbone.body.layer1")  # mmdet frozen_stages=1
 

@@ -25,14 +25,17 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from detbin import checkpoint, plugins
-from detbin.build import make_student
+from detbin.models import checkpoint
+from detbin.training import plugins
+from detbin.app.build import make_student
 from detbin.config import read_yaml, recipes_dir, validate
-from detbin.data import TrainView, collate
-from detbin.detector import DetectorConfig, build_detector
-from detbin.runner import effective_spec
-from detbin.synthetic import SyntheticDetection
-from detbin.train import EpochSampler, Trainer
+from detbin.data.datasets import TrainView, collate
+from detbin.models.config import DetectorConfig
+from detbin.models.detector import build_detector
+from detbin.app.build import layout_spec
+from detbin.data.synthetic import SyntheticDetection
+from detbin.training.sampler import EpochSampler
+from detbin.training.trainer import Trainer
 
 
 def tiny_detector() -> DetectorConfig:
@@ -52,7 +55,7 @@ def teacher_forward_recipe():
 
 def trainer_for(recipe_cls, teacher, steps: int) -> Trainer:
     recipe = recipe_cls()
-    student, _ = make_student(teacher, recipe, effective_spec(validate({"recipe": recipe_cls.name}, "bench"), recipe))
+    student, _ = make_student(teacher, recipe, layout_spec(recipe, validate({"recipe": recipe_cls.name}, "bench")))
     recipe.prepare(student, teacher)
     data = TrainView(SyntheticDetection(256, seed=0), seed=0)
     loader = DataLoader(data, batch_size=8, sampler=EpochSampler(len(data)), collate_fn=collate, drop_last=True)
@@ -106,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.teacher is not None:
-        from detbin.build import load_teacher
+        from detbin.app.build import load_teacher
 
         teacher = load_teacher(args.teacher, None, None)
     else:

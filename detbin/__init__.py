@@ -10,20 +10,21 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Recipe": "detbin.recipe", "Step": "detbin.recipe",
+    "Recipe": "detbin.training.recipe", "Step": "detbin.training.recipe",
     "Params": "detbin.config",
-    "BinarizeSpec": "detbin.layout", "apply_layout": "detbin.layout",
-    "BinaryConv2d": "detbin.layers", "RPReLU": "detbin.layers", "is_binary": "detbin.layers",
-    "TorchvisionDetector": "detbin.detector", "DetectorConfig": "detbin.detector",
-    "build_detector": "detbin.detector", "tiny_config": "detbin.detector",
-    "Hook": "detbin.train", "Trainer": "detbin.train",
-    "record": "detbin.taps",
-    "DetbinError": "detbin.errors", "ConfigError": "detbin.errors",
-    "Cost": "detbin.profile", "profile": "detbin.profile",
-    "VocMAP": "detbin.evaluate", "CocoMAP": "detbin.evaluate", "run_evaluation": "detbin.evaluate",
-    "SyntheticDetection": "detbin.synthetic",
+    "BinarizeSpec": "detbin.models.layout", "apply_layout": "detbin.models.layout",
+    "BinaryConv2d": "detbin.binary.layers", "RPReLU": "detbin.binary.layers", "is_binary": "detbin.binary.layers",
+    "TorchvisionDetector": "detbin.models.detector", "DetectorConfig": "detbin.models.config",
+    "build_detector": "detbin.models.detector", "tiny_config": "detbin.models.config",
+    "Hook": "detbin.training.hook", "Trainer": "detbin.training.trainer",
+    "record": "detbin.models.taps",
+    "DetbinError": "detbin.core.errors", "ConfigError": "detbin.core.errors",
+    "Cost": "detbin.cost.profile", "profile": "detbin.cost.profile",
+    "VocMAP": "detbin.evaluation.metrics", "CocoMAP": "detbin.evaluation.coco", "run_evaluation": "detbin.evaluation.inference",
+    "SyntheticDetection": "detbin.data.synthetic",
 }
-_MODULES = {"quantizers", "surgery", "layers", "layout", "binary_blocks"}
+_MODULES = {"quantizers": "detbin.binary.quantizers", "surgery": "detbin.binary.surgery", "layers": "detbin.binary.layers",
+            "layout": "detbin.models.layout", "binary_blocks": "detbin.binary.blocks"}
 
 __all__ = sorted([*_EXPORTS, *_MODULES, "__version__"])
 
@@ -37,7 +38,7 @@ def __getattr__(name: str) -> Any:
         except PackageNotFoundError:
             return "0.0.0+unknown"
     if name in _MODULES:
-        return importlib.import_module(f"detbin.{name}")
+        return importlib.import_module(_MODULES[name])
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'detbin' has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detbin.detector import build_detector
+from detbin.models.detector import build_detector
 from helpers import toy_config
 
 

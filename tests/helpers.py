@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from detbin.detector import tiny_config
+from detbin.models.config import tiny_config
 
 
 def toy_config(arch: str = "fasterrcnn_resnet18_fpn", **overrides):

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torchvision
 
-from detbin import checkpoint
-from detbin.detector import build_detector
-from detbin.errors import CheckpointError
+from detbin.models import checkpoint
+from detbin.models.detector import build_detector
+from detbin.core.errors import CheckpointError
 from helpers import toy_config
 
 

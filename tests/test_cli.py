@@ -11,11 +11,12 @@ import torch
 import torchvision
 from typer.testing import CliRunner
 
-from detbin import checkpoint, config
+from detbin.models import checkpoint
+from detbin import config
 from detbin.cli import app
 from detbin.config import recipes_dir
-from detbin.detector import build_detector
-from detbin.errors import DetbinError
+from detbin.models.detector import build_detector
+from detbin.core.errors import DetbinError
 from helpers import toy_config
 
 SMOKE = str(recipes_dir() / "smoke" / "tiny_synthetic.yaml")

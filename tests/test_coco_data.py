@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from detbin.coco_data import CocoDetection
-from detbin.data import TrainView, VocDetection
-from detbin.errors import DataError
-from detbin.synthetic import CLASSES, write_dataset
+from detbin.data.coco_dataset import CocoDetection
+from detbin.data.datasets import TrainView, VocDetection
+from detbin.core.errors import DataError
+from detbin.data.synthetic import CLASSES, write_dataset
 
 
 @pytest.fixture(scope="module")

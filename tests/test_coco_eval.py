@@ -12,9 +12,9 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detbin import coco_eval
-from detbin.errors import ConfigError
-from detbin.evaluate import CocoMAP
+from detbin.evaluation import coco_backend as coco_eval
+from detbin.core.errors import ConfigError
+from detbin.evaluation.coco import CocoMAP
 
 BACKENDS = ["faster-coco-eval", "pycocotools"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from detbin import config
-from detbin.errors import ConfigError
+from detbin.core.errors import ConfigError
 from fake_recipes import Good
 
 
@@ -60,7 +60,7 @@ def test_recipe_params_validated_by_the_recipe(tmp_path):
 
 
 def test_shipped_recipe_files_validate_with_their_recipes_params():
-    from detbin import plugins
+    from detbin.training import plugins
 
     files = sorted(config.recipes_dir().rglob("*.yaml"))
     assert len(files) >= 12
@@ -77,8 +77,8 @@ def test_find_recipe_file_by_variant_name():
 
 
 def test_checkpoint_sections_reject_unknown_keys_by_name():
-    from detbin.detector import DetectorConfig
-    from detbin.layout import BinarizeSpec
+    from detbin.models.config import DetectorConfig
+    from detbin.models.layout import BinarizeSpec
 
     with pytest.raises(ConfigError, match=r"detector: unknown key\(s\) \['widht_mult'\]"):
         DetectorConfig.from_dict({"arch": "fasterrcnn_resnet18_fpn", "widht_mult": 0.25})

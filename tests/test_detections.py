@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from detbin.detections import (ImageIndex, count_outside, read_coco_results, read_detections, read_voc_results,
+from detbin.evaluation.detections import (ImageIndex, count_outside, read_coco_results, read_detections, read_voc_results,
                                write_coco_results, write_voc_results)
-from detbin.errors import DataError
+from detbin.core.errors import DataError
 
 INDEX = ImageIndex(ids=(7, 8, 9), stems=("000007", "000008", "000009"), classes=("cat", "dog"), category_ids=(3, 7),
                    split="test", source="data/syn", sizes=((50, 60), (50, 60), (50, 60)))

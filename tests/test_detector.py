@@ -8,9 +8,13 @@ import pytest
 import torch
 import torchvision
 
-from detbin.detector import ARCHS, DetectorConfig, build_detector, tiny_config
-from detbin.errors import ConfigError
-from detbin.layout import BinarizeSpec, apply_layout
+from detbin.models.config import DetectorConfig, tiny_config
+
+from detbin.models.detector import build_detector
+
+from detbin.models.families import all_archs
+from detbin.core.errors import ConfigError
+from detbin.models.layout import BinarizeSpec, apply_layout
 from helpers import toy_config
 
 FAMILIES = ["fasterrcnn_resnet18_fpn", "retinanet_resnet18_fpn", "fcos_resnet18_fpn", "ssd300_vgg16",
@@ -90,4 +94,4 @@ def test_tiny_config_shrinks_width_images_and_proposals():
 def test_unknown_arch_lists_choices():
     with pytest.raises(ConfigError, match=r"unknown architecture 'fasterrcnn_resnet18'.*did you mean"):
         DetectorConfig(arch="fasterrcnn_resnet18")
-    assert len(ARCHS) == 14
+    assert len(all_archs()) == 16  # 14 torchvision + 2 detectron2

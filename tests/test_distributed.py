@@ -17,7 +17,7 @@ SCRIPT = """
 import os, sys, torch
 from pathlib import Path
 from detbin import config
-from detbin.runner import RunOptions, run
+from detbin.app.runner import RunOptions, run
 
 out = Path(sys.argv[1])
 cfg, raw = config.load(sys.argv[2], ["train.max_iterations=3", "train.batch_size=2", "data.train.size=8",

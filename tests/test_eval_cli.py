@@ -16,11 +16,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
 
-from detbin import voc
+from detbin.data import voc
 from detbin.cli import app
-from detbin.data import VocDetection
-from detbin.detector import build_detector
-from detbin.synthetic import CLASSES, write_dataset
+from detbin.data.datasets import VocDetection
+from detbin.models.detector import build_detector
+from detbin.data.synthetic import CLASSES, write_dataset
 from helpers import toy_config
 from test_cli import assert_one_line_error
 from test_evaluate import reference_voc_eval

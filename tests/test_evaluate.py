@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from detbin.evaluate import VocMAP, _devkit_iou, voc_ap
+from detbin.evaluation.metrics import VocMAP, _devkit_iou, voc_ap
 
 
 def t(boxes, labels, difficult=None):

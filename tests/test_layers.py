@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detbin.layers import BinaryConv2d, RPReLU, is_binary
-from detbin.quantizers import ApproxSign, Identity, ScaledSign, sign
+from detbin.binary.layers import BinaryConv2d, RPReLU, is_binary
+from detbin.binary.quantizers import ApproxSign, Identity, ScaledSign, sign
 
 
 @pytest.mark.parametrize("geometry", [dict(kernel_size=3, padding=1), dict(kernel_size=1, stride=2),

@@ -7,8 +7,9 @@ import textwrap
 
 import pytest
 
-from detbin import plugins
-from detbin.errors import RecipeLoadError, RecipeNotFound
+from detbin.core import entrypoints
+from detbin.training import plugins
+from detbin.core.errors import RecipeLoadError, RecipeNotFound
 
 BUILT_IN = {"xnor", "bireal", "reactnet"}
 
@@ -66,11 +67,11 @@ def test_unknown_name_lists_close_and_installed_names():
 
 
 def fake_entry_points(*pairs):
-    return lambda: [metadata.EntryPoint(name, value, plugins.GROUP) for name, value in pairs]
+    return lambda group: [metadata.EntryPoint(name, value, group) for name, value in pairs]
 
 
 def test_duplicate_names_across_distributions(monkeypatch):
-    monkeypatch.setattr(plugins, "entry_points", fake_entry_points(("dup", "a:A"), ("dup", "b:B")))
+    monkeypatch.setattr(entrypoints, "entry_points", fake_entry_points(("dup", "a:A"), ("dup", "b:B")))
     with pytest.raises(RecipeLoadError, match=r"recipe 'dup' is registered twice: .*\(a:A\) and .*\(b:B\)"):
         plugins.available()
 
@@ -83,7 +84,7 @@ def test_duplicate_names_across_distributions(monkeypatch):
 def test_validation_at_load_time(monkeypatch, target, message):
     name = {"fake_recipes:NotARecipe": "not-a-recipe", "fake_recipes:WrongName": "wrong",
             "fake_recipes:BadParams": "bad-params"}[target]
-    monkeypatch.setattr(plugins, "entry_points", fake_entry_points((name, target)))
+    monkeypatch.setattr(entrypoints, "entry_points", fake_entry_points((name, target)))
     with pytest.raises(RecipeLoadError, match=message):
         plugins.load(name)
 

@@ -11,10 +11,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 from detbin.cli import app
-from detbin.cli_profile import load_target
-from detbin.detector import DetectorConfig, build_detector, tiny_config
-from detbin.layers import BinaryConv2d, is_binary
-from detbin.profile import Cost, profile, profile_module
+from detbin.app.build import load_target
+from detbin.models.config import DetectorConfig, tiny_config
+from detbin.models.detector import build_detector
+from detbin.binary.layers import BinaryConv2d, is_binary
+from detbin.cost.profile import Cost, profile, profile_module
 
 runner = CliRunner()
 FAMILIES = ("fasterrcnn_resnet18_fpn", "retinanet_resnet18_fpn", "fcos_resnet18_fpn", "ssd300_vgg16",
@@ -296,8 +297,8 @@ def test_unknown_recipe():
 
 
 def test_student_checkpoint_is_profiled_as_is_and_refuses_a_second_layout(tmp_path):
-    from detbin import plugins
-    from detbin.layout import BinarizeSpec
+    from detbin.training import plugins
+    from detbin.models.layout import BinarizeSpec
 
     detector = build_detector(tiny_config("fasterrcnn_resnet18_fpn"))
     recipe = plugins.load("xnor")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detbin import quantizers as q
-from detbin.errors import ConfigError
+from detbin.binary import quantizers as q
+from detbin.core.errors import ConfigError
 
 X = torch.tensor([-2.0, -1.0, -0.5, -0.0, 0.0, 0.25, 0.5, 1.0, 1.2])
 

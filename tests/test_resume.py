@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from detbin import checkpoint
+from detbin.models import checkpoint
 from detbin.config import recipes_dir
-from detbin.detector import build_detector
+from detbin.models.detector import build_detector
 from helpers import toy_config
 
 SMOKE = str(recipes_dir() / "smoke" / "tiny_synthetic.yaml")

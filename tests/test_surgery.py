@@ -10,11 +10,11 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from detbin.binary_blocks import BinaryBasicBlock
-from detbin.detector import build_detector
-from detbin.layers import BinaryConv2d, RPReLU
-from detbin.layout import BinarizeSpec, apply_layout
-from detbin.surgery import binarize, fix_activations_before_binary, matches_any, unfreeze
+from detbin.binary.blocks import BinaryBasicBlock
+from detbin.models.detector import build_detector
+from detbin.binary.layers import BinaryConv2d, RPReLU
+from detbin.models.layout import BinarizeSpec, apply_layout
+from detbin.binary.surgery import binarize, fix_activations_before_binary, matches_any, unfreeze
 from helpers import toy_config
 
 # Faster R-CNN R18-FPN: 16 backbone 3x3 + 4 FPN lateral 1x1 + 4 FPN output 3x3 + 1 RPN 3x3.
@@ -70,7 +70,7 @@ def test_fpn_laterals_widened_to_3x3_keep_the_function():
     x = torch.rand(1, 3, 96, 96)
     with torch.no_grad():
         before = detector.model.backbone(x)
-    from detbin.layout import widen_fpn_laterals
+    from detbin.models.layout import widen_fpn_laterals
 
     assert len(widen_fpn_laterals(detector.model)) == 4
     with torch.no_grad():

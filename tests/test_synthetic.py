@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from detbin import voc
-from detbin.data import VocDetection
-from detbin.errors import DataError
-from detbin.synthetic import CLASSES, SyntheticDetection, render, write_dataset
+from detbin.data import voc
+from detbin.data.datasets import VocDetection
+from detbin.core.errors import DataError
+from detbin.data.synthetic import CLASSES, SyntheticDetection, render, write_dataset
 
 
 def test_render_is_a_pure_function_of_seed_and_index():

@@ -8,15 +8,17 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from detbin.build import make_student
-from detbin.data import TrainView, collate
-from detbin.detector import build_detector
-from detbin.errors import TrainingInterrupted
-from detbin.hooks import CheckpointHook, lr_lambda
-from detbin.layout import BinarizeSpec
-from detbin.recipe import Recipe
-from detbin.synthetic import SyntheticDetection
-from detbin.train import EpochSampler, Hook, NonFiniteLoss, Trainer
+from detbin.app.build import make_student
+from detbin.data.datasets import TrainView, collate
+from detbin.models.detector import build_detector
+from detbin.core.errors import TrainingInterrupted
+from detbin.training.hooks import CheckpointHook, lr_lambda
+from detbin.models.layout import BinarizeSpec
+from detbin.training.recipe import Recipe
+from detbin.data.synthetic import SyntheticDetection
+from detbin.training.hook import Hook
+from detbin.training.sampler import EpochSampler
+from detbin.training.trainer import NonFiniteLoss, Trainer
 from helpers import toy_config
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from detbin import voc
-from detbin.data import VocDetection
-from detbin.errors import DataError
-from detbin.synthetic import write_dataset
+from detbin.data import voc
+from detbin.data.datasets import VocDetection
+from detbin.core.errors import DataError
+from detbin.data.synthetic import write_dataset
 
 
 @pytest.fixture

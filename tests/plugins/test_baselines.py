@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from detbin import plugins
-from detbin.binary_blocks import BinaryBasicBlock
-from detbin.build import make_student
-from detbin.detector import build_detector
-from detbin.layers import BinaryConv2d, RPReLU
-from detbin.quantizers import ApproxSign, RSign, ScaledSign, SignSTE
-from detbin.runner import effective_spec
+from detbin.training import plugins
+from detbin.binary.blocks import BinaryBasicBlock
+from detbin.app.build import make_student
+from detbin.models.detector import build_detector
+from detbin.binary.layers import BinaryConv2d, RPReLU
+from detbin.binary.quantizers import ApproxSign, RSign, ScaledSign, SignSTE
+from detbin.app.build import layout_spec
 from detbin.config import validate
-from detbin.synthetic import SyntheticDetection
+from detbin.data.synthetic import SyntheticDetection
 from helpers import toy_config
 
 EXPECTED = {  # recipe: (input quantizer, weight alpha detached, per-conv shortcut, RPReLU)
@@ -29,7 +29,7 @@ EXPECTED = {  # recipe: (input quantizer, weight alpha detached, per-conv shortc
 def student_of(name: str):
     recipe = plugins.load(name)()
     teacher = build_detector(toy_config(num_classes=6))
-    spec = effective_spec(validate({"recipe": name}, "test"), recipe)
+    spec = layout_spec(recipe, validate({"recipe": name}, "test"))
     student, binarized = make_student(teacher, recipe, spec)
     return recipe, student, binarized
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from detbin import plugins
-from detbin.build import make_student
+from detbin.training import plugins
+from detbin.app.build import make_student
 from detbin.config import validate
-from detbin.detector import build_detector
-from detbin.errors import ConfigError
-from detbin.layers import BinaryConv2d
-from detbin.quantizers import ApproxSign, RSign
-from detbin.runner import effective_spec
+from detbin.models.detector import build_detector
+from detbin.core.errors import ConfigError
+from detbin.binary.layers import BinaryConv2d
+from detbin.binary.quantizers import ApproxSign, RSign
+from detbin.app.build import layout_spec
 from detbin_idadet import BiConvWeight
 from detbin_idadet.biconv import biconv_weight
 from detbin_idadet.selection import Span, discrepancy, entropy_loss, level_mask, proposal_pairs, select_top, spans
@@ -145,7 +145,7 @@ def ida_student(**params):
     cls = plugins.load("ida-det")
     recipe = cls(cls.Params(**params))
     teacher = build_detector(toy_config(num_classes=6))
-    student, swapped = make_student(teacher, recipe, effective_spec(validate({"recipe": "ida-det"}, "t"), recipe))
+    student, swapped = make_student(teacher, recipe, layout_spec(recipe, validate({"recipe": "ida-det"}, "t")))
     return recipe, student, swapped, teacher
 
 
@@ -174,11 +174,11 @@ def test_frozen_stages_as_the_repository():
 
 
 def test_ablation_knobs_weight_quantizer_and_prelu_slope():
-    from detbin.quantizers import ScaledSign
+    from detbin.binary.quantizers import ScaledSign
 
     cls = plugins.load("ida-det")
     recipe = cls(cls.Params(prelu_init=1.0))
-    spec = effective_spec(validate({"recipe": "ida-det", "binarize": {"weight": "scaled_sign"}}, "t"), recipe)
+    spec = layout_spec(recipe, validate({"recipe": "ida-det", "binarize": {"weight": "scaled_sign"}}, "t"))
     student, _ = make_student(build_detector(toy_config(num_classes=6)), recipe, spec)
     conv = student.model.backbone.body.layer1[0].conv1
     assert isinstance(conv.weight_quantizer, ScaledSign)
@@ -188,6 +188,6 @@ def test_ablation_knobs_weight_quantizer_and_prelu_slope():
 def test_layout_overrides_that_contradict_the_paper_fail():
     cls = plugins.load("ida-det")
     teacher = build_detector(toy_config(num_classes=6))
-    spec = effective_spec(validate({"recipe": "ida-det", "binarize": {"form": "bireal"}}, "t"), cls())
+    spec = layout_spec(cls(), validate({"recipe": "ida-det", "binarize": {"form": "bireal"}}, "t"))
     with pytest.raises(ConfigError, match="keep binarize.form reactnet"):
         make_student(teacher, cls(), spec)

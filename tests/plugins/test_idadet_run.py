@@ -8,10 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from detbin import checkpoint
+from detbin.models import checkpoint
 from detbin.cli import app
 from detbin.config import recipes_dir
-from detbin.detector import build_detector
+from detbin.models.detector import build_detector
 from helpers import toy_config
 
 SMOKE = str(recipes_dir() / "smoke" / "tiny_synthetic.yaml")

@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from detbin import plugins
-from detbin.build import make_student
+from detbin.training import plugins
+from detbin.app.build import make_student
 from detbin.config import validate
-from detbin.detector import build_detector
-from detbin.recipe import Step
-from detbin.runner import effective_spec
-from detbin.synthetic import SyntheticDetection
-from detbin.taps import record
-from detbin.train import freeze
+from detbin.models.detector import build_detector
+from detbin.training.recipe import Step
+from detbin.app.build import layout_spec
+from detbin.data.synthetic import SyntheticDetection
+from detbin.models.taps import record
+from detbin.training.trainer import freeze
 from detbin_baselines.feature_kd import fgfi_mask, gt_mask, map_levels, masked_imitation
 from helpers import toy_config
 
@@ -76,7 +76,7 @@ def test_recipe_gives_finite_kd_terms_with_gradients(name, keys):
     teacher = build_detector(toy_config(num_classes=6))
     freeze(teacher)
     recipe = plugins.load(name)()
-    student, _ = make_student(teacher, recipe, effective_spec(validate({"recipe": name}, "test"), recipe))
+    student, _ = make_student(teacher, recipe, layout_spec(recipe, validate({"recipe": name}, "test")))
     recipe.prepare(student, teacher)
     assert len(recipe.adapt) == 5  # P2..P5 and the max-pooled P6
     data = SyntheticDetection(2, seed=1)
@@ -94,7 +94,7 @@ def test_recipe_gives_finite_kd_terms_with_gradients(name, keys):
 
 
 def test_imitation_needs_an_fpn():
-    from detbin.errors import ConfigError
+    from detbin.core.errors import ConfigError
 
     teacher = build_detector(toy_config("ssd300_vgg16", num_classes=6))
     recipe = plugins.load("fgfi")()

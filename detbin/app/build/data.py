@@ -1,0 +1,112 @@
+"""The ``data`` and ``eval`` sections, and ``detbin eval --dataset``, as objects.
+
+Data sets read local disk only (detbin never downloads one): VOC-layout folders (PASCAL VOC, or
+the synthetic benchmark written by ``detbin data synthetic``), COCO instances JSON, or the
+synthetic renderer in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from detbin.config import DataSplit, RunConfig
+from detbin.core.errors import ConfigError
+from detbin.data.datasets import ConcatDetection, TrainView, VocDetection, collate
+from detbin.data.synthetic import BENCHMARK_TEST, BENCHMARK_TRAIN, SyntheticDetection
+from detbin.evaluation.inference import run_evaluation
+from detbin.evaluation.metrics import VocMAP
+from detbin.training.sampler import EpochSampler
+
+__all__ = ["DATASETS", "build_dataset", "dataset_classes", "open_eval_dataset", "train_loader", "test_loader",
+           "build_evaluator", "Evaluation"]
+
+DATASETS = ("voc07", "voc12", "coco", "synthetic")
+
+
+def build_dataset(split: DataSplit, root_override: Path | None = None) -> Dataset:
+    """The dataset of one ``data`` split (``--data`` replaces the file's root)."""
+    if split.source == "synthetic" and root_override is None:
+        return SyntheticDetection(split.size or 200, seed=split.seed, offset=split.offset)
+    root = root_override or (Path(split.root) if split.root else None)
+    if root is None:
+        raise ConfigError(f"data: split {split.split!r} of source {split.source!r} needs a root (set data.*.root "
+                          "or pass --data PATH)")
+    if split.source == "coco":
+        from detbin.data.coco_dataset import CocoDetection
+
+        return CocoDetection(root, split.split, split.annotations)
+    if isinstance(split.year, list):  # e.g. VOC07+12 trainval
+        return ConcatDetection([VocDetection(root, split.split, year) for year in split.year])
+    return VocDetection(root, split.split, split.year)
+
+
+def dataset_classes(dataset: Dataset) -> tuple[str, ...]:
+    return tuple(getattr(dataset, "classes"))
+
+
+def open_eval_dataset(name: str, data: Path | None, split: str, annotations: str | None = None
+                      ) -> tuple[Dataset, str]:
+    """``(data set, metric)`` for ``detbin eval --dataset``; ``synthetic`` without ``data`` renders in memory.
+
+    ``voc07``/``voc12`` read ``VOC2007``/``VOC2012`` of a ``VOCdevkit`` (or a VOC-layout folder),
+    ``coco`` a COCO instances JSON (:class:`~detbin.data.coco_dataset.CocoDetection`),
+    ``synthetic`` a folder written by ``detbin data synthetic`` (VOC layout, scored with ``voc07``).
+    """
+    if name not in DATASETS:
+        raise ConfigError(f"--dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    if name == "synthetic":
+        if data is None:
+            return SyntheticDetection(BENCHMARK_TEST, seed=0, offset=BENCHMARK_TRAIN), "voc07"
+        return VocDetection(data, split), "voc07"
+    if data is None:
+        what = "a COCO folder (annotations/ + images)" if name == "coco" else "a VOCdevkit folder"
+        raise ConfigError(f"--dataset {name} needs --data PATH ({what}; detbin never downloads)")
+    if name == "coco":
+        from detbin.data.coco_dataset import CocoDetection
+
+        return CocoDetection(data, split, annotations), "coco"
+    return VocDetection(data, split, year="VOC2007" if name == "voc07" else "VOC2012"), name
+
+
+def train_loader(dataset: Dataset, config: RunConfig, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Training batches: difficult objects dropped, flips, a resumable seeded order."""
+    view = TrainView(dataset, flip=config.data.flip, seed=config.train.seed)
+    sampler = EpochSampler(len(view), seed=config.train.seed, shuffle=True, rank=rank, world_size=world_size)
+    # An own generator: without it every new iterator draws its seed from the global RNG, so a
+    # run resumed mid-epoch would consume it at a different point than an uninterrupted one.
+    generator = torch.Generator().manual_seed(config.train.seed)
+    return DataLoader(view, batch_size=config.train.batch_size, sampler=sampler, collate_fn=collate, drop_last=True,
+                      num_workers=config.train.workers, persistent_workers=False, generator=generator)
+
+
+def test_loader(dataset: Dataset, batch_size: int) -> DataLoader:
+    """The test split in order (the scorers read its exact ground truth by index)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+def build_evaluator(metric: str, classes: Sequence[str], backend: str | None = None) -> Any:
+    """``VocMAP`` (``voc07``: 11-point, ``voc12``: area) or ``CocoMAP`` (``coco``)."""
+    if metric == "coco":
+        from detbin.evaluation.coco import CocoMAP
+
+        return CocoMAP(classes, backend)
+    return VocMAP(classes, use_07_metric=metric == "voc07")
+
+
+class Evaluation:
+    """Scores a detector on the test split with the run's metric, as ``{"voc07/mAP50": ...}``."""
+
+    def __init__(self, config: RunConfig, test_set: Dataset, classes: tuple[str, ...]) -> None:
+        self.metric, self.max_images = config.eval.metric, config.eval.max_images
+        self.evaluator = build_evaluator(self.metric, classes)
+        self.loader = test_loader(test_set, config.eval.batch_size)
+        self.key = f"{self.metric}/{'AP' if self.metric == 'coco' else 'mAP50'}"
+
+    def __call__(self, detector: Any) -> dict[str, float]:
+        result = run_evaluation(detector, self.loader, self.evaluator, max_images=self.max_images)
+        return {self.key: result.mAP, **{f"{self.metric}/{k}": v for k, v in result.stats.items()}}

@@ -1,0 +1,181 @@
+"""A training run end to end: teacher, student, recipe, trainer, resume, DDP.
+
+:func:`run` builds everything from a validated config in the order of :mod:`detbin.app.build`,
+trains, and returns the result; :mod:`detbin.app.run_files` writes the run folder (rank 0 only).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detbin.app import build
+from detbin.app.run_files import Outputs, SyncBuffers, write_run_files
+from detbin.config import RunConfig, read_yaml, validate
+from detbin.core.errors import ConfigError
+from detbin.models import checkpoint
+from detbin.models.detector import Detector
+from detbin.models.layout import BinarizeSpec
+from detbin.training import distributed
+from detbin.training.hook import Hook
+from detbin.training.hooks import ScheduleHook
+from detbin.training.recipe import Recipe
+from detbin.training.trainer import Trainer
+
+__all__ = ["RunOptions", "RunResult", "run", "resume_options", "next_run_dir"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    """How to run a config: where to write, which teacher and data, which device."""
+
+    verb: str = "binarize"
+    project: Path = Path("runs")
+    name: str | None = None
+    exist_ok: bool = False
+    data: Path | None = None
+    teacher: Path | None = None
+    teacher_arch: str | None = None
+    device: str | None = None
+    resume: Path | None = None
+    directory: Path | None = None
+    source: str = "<recipe>"
+    overrides: list[str] = field(default_factory=list)  # the --set values, recorded for the reader
+    hooks: list[Hook] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verb": self.verb, "project": str(self.project), "name": self.name, "data": _str(self.data),
+                "teacher": _str(self.teacher), "teacher_arch": self.teacher_arch, "device": self.device,
+                "source": self.source, "set": list(self.overrides)}
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    directory: Path | None
+    metrics: dict[str, float]
+    teacher_metrics: dict[str, float]
+    binarized: list[str]
+    iterations: int
+    seconds: float
+    classes: tuple[str, ...]
+    student: Detector | None = None
+
+
+def next_run_dir(project: Path, verb: str, name: str, exist_ok: bool) -> Path:
+    """``project/verb/name``, or ``name2``, ``name3``... when it exists (unless ``exist_ok``)."""
+    base = Path(project) / verb / name
+    if exist_ok or not base.exists():
+        return base
+    n = 2
+    while (base.parent / f"{name}{n}").exists():
+        n += 1
+    return base.parent / f"{name}{n}"
+
+
+def resume_options(directory: Path) -> tuple[RunConfig, dict[str, Any], RunOptions]:
+    """The config and options of an existing run folder, to continue it from ``last.pt``."""
+    directory = Path(directory)
+    for required in ("recipe.yaml", "args.yaml", "weights/last.pt"):
+        if not (directory / required).is_file():
+            raise ConfigError(f"{directory}: cannot resume, {required} is missing (is it a detbin run folder?)")
+    raw = read_yaml(directory / "recipe.yaml")
+    args = read_yaml(directory / "args.yaml")
+    options = RunOptions(verb=args["verb"], project=directory.parent.parent, name=directory.name, exist_ok=True,
+                         data=Path(args["data"]) if args.get("data") else None,
+                         teacher=Path(args["teacher"]) if args.get("teacher") else None,
+                         teacher_arch=args.get("teacher_arch"), device=args.get("device"), resume=directory,
+                         source=str(directory / "recipe.yaml"), overrides=list(args.get("set") or []))
+    return validate(raw, options.source), raw, options
+
+
+def run(config: RunConfig, raw: dict[str, Any], options: RunOptions) -> RunResult:
+    """Build everything from ``config`` and train; resumes when ``options.resume`` is set."""
+    ctx, device = distributed.setup(options.device)
+    try:
+        return _run(config, raw, options, ctx, device)
+    finally:
+        distributed.teardown()
+
+
+def _effective(config: RunConfig, student: Detector, spec: BinarizeSpec | None, source: str) -> RunConfig:
+    """The config with the detector and layout actually built, so recipe.yaml rebuilds them exactly."""
+    effective = {**config.model_dump(mode="json"), "detector": student.config.to_dict()}
+    if spec is not None:
+        effective["binarize"] = spec.to_dict()
+    return validate(effective, source)
+
+
+def _place(student: Detector, teacher: Detector | None, recipe: Recipe,
+           ctx: distributed.Context, device: torch.device) -> None:
+    """Move everything to the device; wrap the student in DDP when distributed."""
+    for module in (student, teacher, recipe):
+        if module is not None:
+            module.to(device)
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        student.forward_module = DistributedDataParallel(
+            student.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distributed.Context,
+         device: torch.device) -> RunResult:
+    torch.manual_seed(config.train.seed)
+    recipe = build.build_recipe(config, options.source)
+    train_set = build.build_dataset(config.data.train, options.data)
+    test_set = build.build_dataset(config.data.test, options.data)
+    classes = build.dataset_classes(train_set)
+    models = build.build_models(config, recipe, classes, options.verb, options.teacher, options.teacher_arch,
+                                options.source)
+    student, teacher, binarized, spec = models.student, models.teacher, models.binarized, models.spec
+    config = _effective(config, student, spec, options.source)
+    recipe.prepare(student, teacher)
+    _place(student, teacher, recipe, ctx, device)
+    optimizer = build.build_optimizer(recipe.param_groups(student), config.train.optimizer)
+    plan = build.plan_iterations(config, len(train_set), ctx.world_size)
+    scheduler = build.build_scheduler(optimizer, config.train.schedule, plan.max_iterations, plan.iters_per_epoch)
+    name = options.name or (config.recipe or student.config.arch)
+    directory = Path(options.resume or options.directory or next_run_dir(options.project, options.verb, name,
+                                                                         options.exist_ok))
+    outputs = Outputs(directory, "teacher" if options.verb == "train" else "student", student, spec, recipe,
+                       classes, config.model_dump(mode="json"))
+    hooks: list[Hook] = [ScheduleHook(scheduler), *recipe.hooks(), *([SyncBuffers(student)] if ctx.distributed else [])]
+    if ctx.is_main:
+        if not options.resume:
+            write_run_files(directory, config, options, ctx, device)
+        hooks += outputs.hooks(config, build.Evaluation(config, test_set, classes), options.hooks)
+    sync = (lambda: distributed.all_reduce_grads(recipe, ctx.world_size)) if ctx.distributed else None
+    trainer = Trainer(student, recipe, build.train_loader(train_set, config, ctx.rank, ctx.world_size), optimizer,
+                      plan.max_iterations, teacher=teacher, hooks=hooks, clip_grad=config.train.clip_grad,
+                      amp=config.train.amp, device=device, grad_sync=sync)
+    if options.resume:
+        _restore(trainer, student, recipe, directory)
+    start = time.perf_counter()
+    trainer.train()
+    if ctx.is_main:
+        from detbin.app.plots import plot_results
+
+        plot_results(directory / "metrics.jsonl", directory / "plots" / "results.png")
+    return RunResult(directory if ctx.is_main else None, dict(outputs.final), dict(outputs.teacher_metrics),
+                     binarized, trainer.iteration, time.perf_counter() - start, classes, student)
+
+
+def _restore(trainer: Trainer, student: Detector, recipe: Recipe, directory: Path) -> None:
+    """Load ``last.pt`` into the rebuilt student, recipe and trainer (every rank reads it)."""
+    state = checkpoint.read(directory / "weights" / "last.pt")
+    checkpoint.load_state(student, state["model"], str(directory / "weights" / "last.pt"))
+    recipe.load_state_dict(state["recipe_state"])
+    trainer.load_state_dict(state["trainer"])

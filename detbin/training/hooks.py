@@ -1,0 +1,204 @@
+"""Built-in trainer hooks: LR schedule, checkpoints, periodic evaluation, metric logs, progress.
+
+Only rank 0 gets the hooks that write files (:func:`detbin.build.build_run` decides).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detbin.models.checkpoint import save_atomic
+from detbin.training.hook import Hook
+from detbin.training.trainer import Trainer
+
+__all__ = ["ScheduleHook", "CheckpointHook", "EvalHook", "MetricsLogger", "CallbackHook", "lr_lambda"]
+
+
+def lr_lambda(name: str, max_iterations: int, warmup_iters: int, warmup_factor: float,
+              milestones: list[int], gamma: float) -> Callable[[int], float]:
+    """LR factor at iteration ``i``: linear warm-up from ``warmup_factor``, then the schedule.
+
+    ``cosine``: ``0.5 (1 + cos(pi i / N))``; ``linear``: ``1 - i / N``; ``step``: ``gamma`` to
+    the number of milestones (iterations) passed; ``constant``: 1.
+    """
+    def factor(i: int) -> float:
+        if name == "cosine":
+            value = 0.5 * (1 + math.cos(math.pi * min(i, max_iterations) / max_iterations))
+        elif name == "linear":
+            value = max(0.0, 1 - i / max_iterations)
+        elif name == "step":
+            value = gamma ** sum(i >= m for m in milestones)
+        else:
+            value = 1.0
+        if i < warmup_iters:
+            alpha = i / warmup_iters
+            value *= warmup_factor * (1 - alpha) + alpha
+        return value
+
+    return factor
+
+
+class ScheduleHook(Hook):
+    """Steps an LR scheduler after every optimizer step."""
+
+    def __init__(self, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        self.scheduler = scheduler
+
+    def after_step(self, trainer: Trainer) -> None:
+        self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+class CheckpointHook(Hook):
+    """Writes ``last.pt`` atomically every ``every`` iterations, at the end and on Ctrl-C.
+
+    Args:
+        path: where ``last.pt`` goes.
+        make: builds the checkpoint dict from the trainer (model, recipe and trainer state).
+    """
+
+    def __init__(self, path: Path, every: int, make: Callable[[Trainer], dict[str, Any]]) -> None:
+        self.path, self.every, self.make = Path(path), every, make
+        self.saved_at = -1
+        self.seconds = 0.0
+
+    def save(self, trainer: Trainer) -> None:
+        start = time.perf_counter()
+        save_atomic(self.make(trainer), self.path)
+        self.seconds = time.perf_counter() - start
+        self.saved_at = trainer.iteration
+
+    def after_step(self, trainer: Trainer) -> None:
+        if trainer.iteration % self.every == 0:
+            self.save(trainer)
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        self.save(trainer)
+
+    def after_train(self, trainer: Trainer) -> None:
+        if self.saved_at != trainer.iteration and trainer.iteration >= trainer.max_iterations:
+            self.save(trainer)
+
+
+class EvalHook(Hook):
+    """Evaluates every ``every`` iterations (0: only at the end) and keeps the best model.
+
+    Args:
+        evaluate: returns metrics, including ``metric`` (higher is better).
+        on_best: called with the trainer and metrics when ``metric`` improves (writes best.pt).
+        on_result: called with every result (logs it).
+    """
+
+    def __init__(self, every: int, metric: str, evaluate: Callable[[Trainer], dict[str, float]],
+                 on_best: Callable[[Trainer, dict[str, float]], None] | None = None,
+                 on_result: Callable[[Trainer, dict[str, float]], None] | None = None) -> None:
+        self.every, self.metric, self.evaluate = every, metric, evaluate
+        self.on_best, self.on_result = on_best, on_result
+        self.best = -math.inf
+        self.evaluated_at = -1
+        self.history: list[dict[str, float]] = []
+
+    def _run(self, trainer: Trainer) -> None:
+        metrics = self.evaluate(trainer)
+        trainer.student.model.train()
+        self.evaluated_at = trainer.iteration
+        self.history.append({"iteration": trainer.iteration, **metrics})
+        if self.on_result:
+            self.on_result(trainer, metrics)
+        value = metrics.get(self.metric, -math.inf)
+        if value == value and value > self.best:  # NaN never counts as best
+            self.best = value
+            if self.on_best:
+                self.on_best(trainer, metrics)
+
+    def after_step(self, trainer: Trainer) -> None:
+        if self.every and trainer.iteration % self.every == 0 and trainer.iteration < trainer.max_iterations:
+            self._run(trainer)
+
+    def after_train(self, trainer: Trainer) -> None:
+        if self.evaluated_at != trainer.iteration and trainer.iteration >= trainer.max_iterations:
+            self._run(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.history = state["best"], list(state["history"])
+
+
+class MetricsLogger(Hook):
+    """Appends averaged losses, lr and timing to ``metrics.jsonl`` and ``results.csv``.
+
+    One record every ``every`` iterations (and at the end); evaluation results are added with
+    :meth:`log_eval`. JSONL lines carry every key; the CSV has the keys of its first row.
+    """
+
+    def __init__(self, jsonl: Path, csv_path: Path, every: int) -> None:
+        self.jsonl, self.csv_path, self.every = Path(jsonl), Path(csv_path), every
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._seconds = 0.0
+        self._pending_eval: dict[str, float] = {}
+
+    def after_step(self, trainer: Trainer) -> None:
+        last = trainer.last
+        assert last is not None
+        for key, value in {**last.losses, "total": last.total, **last.extra}.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value
+        self._count += 1
+        self._seconds += last.seconds
+        if trainer.iteration % self.every == 0 or trainer.iteration == trainer.max_iterations:
+            self.flush(trainer)
+
+    def log_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self._pending_eval.update(metrics)
+        self._write({"iteration": trainer.iteration, "epoch": trainer.epoch, **metrics}, csv_row=False)
+
+    def flush(self, trainer: Trainer) -> None:
+        if not self._count:
+            return
+        record = {"iteration": trainer.iteration, "epoch": trainer.epoch, "lr": trainer.last.lr if trainer.last else 0.0,
+                  **{k: v / self._count for k, v in self._sums.items()},
+                  "seconds_per_iter": self._seconds / self._count, **self._pending_eval}
+        self._write(record, csv_row=True)
+        self._sums, self._count, self._seconds, self._pending_eval = {}, 0, 0.0, {}
+
+    def _write(self, record: dict[str, Any], csv_row: bool) -> None:
+        with self.jsonl.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if not csv_row:
+            return
+        new = not self.csv_path.exists()
+        fields = list(record) if new else next(csv.reader(self.csv_path.open()))
+        with self.csv_path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(record)
+
+
+class CallbackHook(Hook):
+    """Calls ``fn(trainer)`` after every step (the CLI renders progress this way)."""
+
+    def __init__(self, fn: Callable[[Trainer], None], start: Callable[[Trainer], None] | None = None) -> None:
+        self.fn, self.start = fn, start
+
+    def before_train(self, trainer: Trainer) -> None:
+        if self.start:
+            self.start(trainer)
+
+    def after_step(self, trainer: Trainer) -> None:
+        self.fn(trainer)
