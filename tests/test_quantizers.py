@@ -124,3 +124,47 @@ def test_get_channel_quantizer_without_channels_fails():
 def test_derived_scales_counts_xnor_alpha():
     assert q.ScaledSign().derived_scales(torch.Size([64, 32, 3, 3])) == 64
     assert q.LearnedScaleSign(64).derived_scales(torch.Size([64, 32, 3, 3])) == 0  # already a parameter
+
+
+@pytest.mark.parametrize("spec", [
+    "sign", "scaled_sign", {"name": "scaled_sign", "detach_scale": True}, {"name": "scaled_sign", "ste": "identity"},
+    "learned_scale_sign", "deployed_sign",
+])
+def test_every_weight_quantizer_deploys_to_signs_and_a_scale_equal_to_its_forward(spec):
+    weight = torch.randn(6, 4, 3, 3)
+    weight[0, 0, 0, 0] = 0.0  # sign(0) = +1 in both forms
+    quantizer = q.get(spec, channels=6)
+    quantizer.init_from(weight)
+    if isinstance(quantizer, q.LearnedScaleSign):
+        with torch.no_grad():
+            quantizer.scale.mul_(torch.linspace(-2, 2, 6))  # a learned scale may turn negative; |s| counts
+    signs, scale = quantizer.deploy(weight)
+    assert set(signs.unique().tolist()) <= {-1.0, 1.0} and signs[0, 0, 0, 0] == 1.0
+    assert torch.equal(signs if scale is None else scale * signs, quantizer(weight))
+    deployed = q.DeployedSign(6, scaled=scale is not None)
+    if scale is not None:
+        deployed.scale.copy_(scale)
+    assert torch.equal(deployed(signs), quantizer(weight))  # the deployed layer runs on the signs alone
+
+
+def test_activation_quantizers_have_no_deploy_form():
+    with pytest.raises(TypeError, match="not a 1-bit weight quantizer"):
+        q.ApproxSign().deploy(torch.randn(2, 2))
+
+
+def test_register_quantizer_opens_the_table():
+    class Halved(q.Quantizer):
+        bits = 1
+
+        def __init__(self, channels: int, factor: float = 0.5) -> None:
+            super().__init__()
+            self.factor = factor
+
+        def forward(self, w):
+            return self.factor * q.sign(w)
+
+    q.register_quantizer("test-halved", Halved, needs_channels=True)
+    made = q.get({"name": "test-halved", "factor": 0.25}, channels=3)
+    assert isinstance(made, Halved) and made.factor == 0.25 and "test-halved" in q.names()
+    with pytest.raises(ConfigError, match="already registered"):
+        q.register_quantizer("sign", Halved)

@@ -125,10 +125,7 @@ def _place(student: Detector, teacher: Detector | None, recipe: Recipe,
         if module is not None:
             module.to(device)
     if ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        student.forward_module = DistributedDataParallel(
-            student.model, device_ids=[device.index] if device.type == "cuda" else None)
+        student.forward_module = distributed.wrap(student.model, device)
 
 
 def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distributed.Context,
@@ -157,10 +154,10 @@ def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distr
         if not options.resume:
             write_run_files(directory, config, options, ctx, device)
         hooks += outputs.hooks(config, build.Evaluation(config, test_set, classes), options.hooks)
-    sync = (lambda: distributed.all_reduce_grads(recipe, ctx.world_size)) if ctx.distributed else None
     trainer = Trainer(student, recipe, build.train_loader(train_set, config, ctx.rank, ctx.world_size), optimizer,
                       plan.max_iterations, teacher=teacher, hooks=hooks, clip_grad=config.train.clip_grad,
-                      amp=config.train.amp, device=device, grad_sync=sync)
+                      amp=config.train.amp, device=device, milestones=plan.milestones, phases=recipe.phases(plan),
+                      **_syncs(recipe, optimizer, ctx))
     if options.resume:
         _restore(trainer, student, recipe, directory)
     start = time.perf_counter()
@@ -171,6 +168,17 @@ def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distr
         plot_results(directory / "metrics.jsonl", directory / "plots" / "results.png")
     return RunResult(directory if ctx.is_main else None, dict(outputs.final), dict(outputs.teacher_metrics),
                      binarized, trainer.iteration, time.perf_counter() - start, classes, student)
+
+
+def _syncs(recipe: Recipe, optimizer: torch.optim.Optimizer, ctx: distributed.Context) -> dict[str, Any]:
+    """Gradient averaging of what DDP does not cover: the recipe's parameters in the student's
+    optimizer (after every student backward), and those of its own optimizers (``Step.sync``)."""
+    if not ctx.distributed:
+        return {}
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    student_side = [p for p in recipe.parameters() if id(p) in in_optimizer]
+    return {"grad_sync": lambda: distributed.all_reduce_grads(student_side, ctx.world_size),
+            "sync": lambda parameters: distributed.all_reduce_grads(parameters, ctx.world_size)}
 
 
 def _restore(trainer: Trainer, student: Detector, recipe: Recipe, directory: Path) -> None:

@@ -17,14 +17,66 @@ names and weights as the teacher's block, so weights and taps line up by name.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-__all__ = ["FORMS", "PooledShortcut", "BinaryBasicBlock", "BinaryBottleneck", "convert_resnet"]
+from detbin.binary.layers import RPReLU
+from detbin.core.errors import ConfigError, close_matches
 
-FORMS = ("xnor", "bireal", "reactnet")
+__all__ = ["BlockForm", "register_form", "get_form", "form_names", "PooledShortcut", "BinaryBasicBlock",
+           "BinaryBottleneck", "convert_resnet"]
+
 MakeActivation = Callable[[int], nn.Module]
+
+
+@dataclass(frozen=True)
+class BlockForm:
+    """A binarization form: how a ResNet body's blocks are rewritten, and the activation it uses.
+
+    Attributes:
+        name: what ``binarize.form`` spells in YAML.
+        convert: ``(body, make_activation) -> blocks converted``, in place, keeping child names.
+        activation: ``channels -> module`` placed where a ReLU would feed a sign (Identity for
+            XNOR and Bi-Real, RPReLU for ReActNet).
+    """
+
+    name: str
+    convert: Callable[[nn.Module, MakeActivation], int]
+    activation: MakeActivation
+
+
+_FORMS: dict[str, BlockForm] = {}
+
+
+def register_form(form: BlockForm, replace: bool = False) -> BlockForm:
+    """Add a form to the table (``replace`` to overwrite one of the same name).
+
+    Raises:
+        ConfigError: the name is taken.
+    """
+    if form.name in _FORMS and not replace and _FORMS[form.name] is not form:
+        raise ConfigError(f"binarization form {form.name!r} is already registered")
+    _FORMS[form.name] = form
+    return form
+
+
+def get_form(name: str) -> BlockForm:
+    """The form called ``name``.
+
+    Raises:
+        ConfigError: unknown form (close names and every form are listed).
+    """
+    if name not in _FORMS:
+        raise ConfigError(f"binarize.form: unknown form {name!r}{close_matches(name, _FORMS)}; valid: "
+                          f"{', '.join(form_names())}")
+    return _FORMS[name]
+
+
+def form_names() -> list[str]:
+    """Names accepted by :func:`get_form`."""
+    return sorted(_FORMS)
 
 
 class PooledShortcut(nn.Module):
@@ -108,16 +160,16 @@ class BinaryBottleneck(nn.Module):
 
 
 def convert_resnet(body: nn.Module, form: str, make_activation: MakeActivation) -> int:
-    """Convert every block of ``body.layer1..layer4`` in place and drop the stem ReLU.
+    """Convert every block of ``body.layer1..layer4`` to ``form`` (xnor, bireal, reactnet) in place.
 
-    The stem keeps conv -> BN -> max-pool without ReLU (Bi-Real and IDa-Det stems), since
-    its output feeds the first binary conv's sign.
+    The stem ReLU is dropped: the stem keeps conv -> BN -> max-pool without ReLU (Bi-Real and
+    IDa-Det stems), since its output feeds the first binary conv's sign.
 
     Returns:
         The number of blocks converted.
     """
-    if form not in FORMS:
-        raise ValueError(f"unknown binary form {form!r}; valid: {', '.join(FORMS)}")
+    if form not in ("xnor", "bireal", "reactnet"):
+        raise ConfigError(f"convert_resnet: form {form!r} is not a ResNet block form (xnor, bireal, reactnet)")
     count = 0
     for stage in ("layer1", "layer2", "layer3", "layer4"):
         layer = getattr(body, stage)
@@ -131,3 +183,11 @@ def convert_resnet(body: nn.Module, form: str, make_activation: MakeActivation) 
             count += 1
     body.relu = nn.Identity()
     return count
+
+
+def _identity(channels: int) -> nn.Module:
+    return nn.Identity()
+
+
+for _name, _activation in (("xnor", _identity), ("bireal", _identity), ("reactnet", RPReLU)):
+    register_form(BlockForm(_name, lambda body, act, form=_name: convert_resnet(body, form, act), _activation))

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from detbin.core.errors import ConfigError, close_matches
 
 __all__ = [
-    "Quantizer", "Identity", "SignSTE", "ApproxSign", "RSign", "ScaledSign", "LearnedScaleSign",
-    "sign", "clipped_ste", "get", "names",
+    "Quantizer", "Identity", "SignSTE", "ApproxSign", "RSign", "ScaledSign", "LearnedScaleSign", "DeployedSign",
+    "sign", "clipped_ste", "get", "names", "register_quantizer",
 ]
 
 
@@ -41,7 +41,12 @@ def clipped_ste(value: Tensor, x: Tensor, clip: float = 1.0) -> Tensor:
 
 
 class Quantizer(nn.Module):
-    """Base class. ``bits`` is 1 for binarizers and 32 for the identity."""
+    """Base class. ``bits`` is 1 for binarizers and 32 for the identity.
+
+    A 1-bit *weight* quantizer also gives its deploy form (:meth:`deploy`): the signs and the
+    per-output-channel scale whose product is exactly its forward value, so a packed or exported
+    student needs no training code (:class:`DeployedSign` runs it).
+    """
 
     bits: int = 32
 
@@ -51,6 +56,19 @@ class Quantizer(nn.Module):
     def derived_scales(self, weight_shape: torch.Size) -> int:
         """Real values a deployed layer stores that are not parameters (XNOR's alpha: one per channel)."""
         return 0
+
+    def deploy(self, weight: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(signs, scale)`` with ``scale * signs == self(weight)`` exactly, for a 1-bit weight quantizer.
+
+        Args:
+            weight: the latent weight ``[O, I, k, k]``.
+
+        Returns:
+            signs in {-1, +1} of ``weight``'s shape, and the scale ``[O, 1, 1, 1]`` (or None
+            when the forward value is the signs themselves).
+        """
+        raise TypeError(f"{type(self).__name__} (bits={self.bits}) is not a 1-bit weight quantizer; it has no "
+                        "deploy form")
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
@@ -80,6 +98,10 @@ class SignSTE(Quantizer):
 
     def forward(self, x: Tensor) -> Tensor:
         return clipped_ste(sign(x), x, self.clip)
+
+    @torch.no_grad()
+    def deploy(self, weight: Tensor) -> tuple[Tensor, Tensor | None]:
+        return sign(weight), None
 
     def extra_repr(self) -> str:
         return f"bits=1, clip={self.clip}"
@@ -166,6 +188,10 @@ class ScaledSign(Quantizer):
     def derived_scales(self, weight_shape: torch.Size) -> int:
         return int(weight_shape[0])
 
+    @torch.no_grad()
+    def deploy(self, weight: Tensor) -> tuple[Tensor, Tensor | None]:
+        return sign(weight), _channel_mean_abs(weight)
+
     def extra_repr(self) -> str:
         return f"bits=1, detach_scale={self.detach_scale}, ste={self.ste!r}"
 
@@ -193,11 +219,47 @@ class LearnedScaleSign(Quantizer):
     def forward(self, w: Tensor) -> Tensor:
         return self.scale.abs().view(-1, *([1] * (w.dim() - 1))) * clipped_ste(sign(w), w)
 
+    @torch.no_grad()
+    def deploy(self, weight: Tensor) -> tuple[Tensor, Tensor | None]:
+        return sign(weight), self.scale.abs().view(-1, *([1] * (weight.dim() - 1))).clone()
+
     def extra_repr(self) -> str:
         return f"bits=1, channels={self.scale.numel()}"
 
 
-# name -> (factory, needs channels). Names are what YAML recipes spell.
+class DeployedSign(Quantizer):
+    """A deployed 1-bit weight: ``scale * sign(W)`` with a fixed (buffer) scale.
+
+    What every 1-bit weight quantizer becomes in a packed or exported student: the latent weight
+    holds the signs (±1) and ``scale`` the per-output-channel magnitude from the training
+    quantizer's :meth:`Quantizer.deploy`, so the forward value is the simulated one bit for bit.
+
+    Args:
+        channels: output channels O; ``scaled`` False keeps the forward value ``sign(W)``.
+    """
+
+    bits = 1
+
+    def __init__(self, channels: int, scaled: bool = True) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(channels, 1, 1, 1) if scaled else None)
+
+    def forward(self, w: Tensor) -> Tensor:
+        return sign(w) if self.scale is None else self.scale * sign(w)
+
+    def derived_scales(self, weight_shape: torch.Size) -> int:
+        return 0 if self.scale is None else int(weight_shape[0])
+
+    @torch.no_grad()
+    def deploy(self, weight: Tensor) -> tuple[Tensor, Tensor | None]:
+        return sign(weight), None if self.scale is None else self.scale.clone()
+
+    def extra_repr(self) -> str:
+        return f"bits=1, scaled={self.scale is not None}"
+
+
+# name -> (factory, needs channels). Names are what YAML recipes spell; plugins add theirs
+# with register_quantizer (IDa-Det's biconv, LWS-Det's searched signs).
 _REGISTRY: dict[str, tuple[Callable[..., Quantizer], bool]] = {
     "identity": (Identity, False),
     "sign": (SignSTE, False),
@@ -205,7 +267,27 @@ _REGISTRY: dict[str, tuple[Callable[..., Quantizer], bool]] = {
     "rsign": (RSign, True),
     "scaled_sign": (ScaledSign, False),
     "learned_scale_sign": (LearnedScaleSign, True),
+    "deployed_sign": (DeployedSign, True),
 }
+
+
+def register_quantizer(name: str, factory: Callable[..., Quantizer], needs_channels: bool = False,
+                       replace: bool = False) -> None:
+    """Make ``name`` a quantizer spec YAML files and layouts may use.
+
+    Args:
+        factory: called with the spec's keyword arguments (and ``channels=`` when
+            ``needs_channels``: input channels for an activation quantizer, output channels for a
+            weight quantizer).
+        replace: overwrite a name already registered (else that is an error).
+
+    Raises:
+        ConfigError: the name is taken by another factory.
+    """
+    current = _REGISTRY.get(name)
+    if current is not None and current[0] is not factory and not replace:
+        raise ConfigError(f"quantizer {name!r} is already registered ({current[0].__name__})")
+    _REGISTRY[name] = (factory, needs_channels)
 
 
 def names() -> list[str]:

@@ -43,6 +43,8 @@ NOT_TRACED: dict[str, tuple[str, ...]] = {
                   "nms (RPN proposals)", "roi_align (MultiScaleRoIAlign)", "box decoding", "nms (postprocess)"),
     "dense": ("input transform (normalize, resize)", "anchor/point generation", "box decoding",
               "nms (postprocess)"),
+    "backbone_only": ("input transform", "the heads (the family's detector has no torchvision RPN/RoI or dense "
+                      "head to count; only its backbone is counted)"),
 }
 
 
@@ -264,6 +266,8 @@ def _count_parts(model: nn.Module, size: tuple[int, int], rois: int) -> list[tup
 
     backbone = count(model, lambda m, x: m.backbone(x), [zeros((1, 3, *size))])
     maps = [zeros(o.shape) for o in backbone.outputs]
+    if not hasattr(model, "rpn") and not hasattr(model, "head"):
+        return [("backbone", backbone)]
     if not hasattr(model, "rpn"):
         return [("backbone", backbone), ("head", count(model, lambda m, *f: m.head(list(f)), maps))]
     rpn = count(model, lambda m, *f: m.rpn.head(list(f)), maps)
@@ -293,5 +297,6 @@ def profile(detector: Detector, image_size: Sequence[int] | None = None, rois: i
     with _eval_mode(model):
         counted = _count_parts(model, size, rois)  # type: ignore[arg-type]
     two_stage = hasattr(model, "rpn")
+    kind = "two_stage" if two_stage else "dense" if hasattr(model, "head") else "backbone_only"
     return _assemble(model, counted, size, rois if two_stage else None, part_of,  # type: ignore[arg-type]
-                     NOT_TRACED["two_stage" if two_stage else "dense"])
+                     NOT_TRACED[kind])

@@ -14,15 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, Dataset
 from PIL import Image, UnidentifiedImageError
 
 from detbin.data import voc
 from detbin.core.errors import DataError
-from detbin.data.synthetic import SyntheticDetection
 from detbin.core.types import Target
 
-__all__ = ["VocDetection", "ConcatDetection", "HorizontalFlip", "TrainView", "collate", "make_loader", "load_image"]
+__all__ = ["VocDetection", "ConcatDetection", "HorizontalFlip", "TrainView", "collate", "load_image"]
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +159,3 @@ def collate(batch: list[tuple[Tensor, Target]]) -> tuple[list[Tensor], list[Targ
     """Keep images as a list (sizes differ); the detector's transform batches them."""
     images, targets = zip(*batch)
     return list(images), list(targets)
-
-
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0,
-                drop_last: bool = False) -> DataLoader:
-    """A ``DataLoader`` with list collate and a seeded shuffle."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
-                      drop_last=drop_last, generator=generator, persistent_workers=workers > 0)
-
-
-SOURCES = {"voc": VocDetection, "synthetic": SyntheticDetection}

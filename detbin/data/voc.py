@@ -25,7 +25,7 @@ VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
     "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
-# Images per official split, to tell a user when a download is incomplete.
+# Images per official split, to tell a user when a local copy is incomplete.
 EXPECTED_SPLIT_SIZES: dict[tuple[str, str], int] = {
     ("VOC2007", "test"): 4952, ("VOC2007", "trainval"): 5011, ("VOC2007", "train"): 2501, ("VOC2007", "val"): 2510,
     ("VOC2012", "trainval"): 11540, ("VOC2012", "train"): 5717, ("VOC2012", "val"): 5823,

@@ -1,6 +1,7 @@
 """Detectors: architectures as plain config, the detector families, the adapter, layouts, checkpoints.
 
-Importing the package registers the built-in families (torchvision's, and detectron2's adapter).
+Importing the package registers the built-in families (torchvision's, then detectron2's adapter).
 """
 
-from detbin.models import detectron2_family, torchvision_families  # noqa: F401  (register themselves)
+from detbin.models import torchvision_families  # noqa: F401, I001  (registers itself; listed first)
+from detbin.models import detectron2_family  # noqa: F401  (registers itself)

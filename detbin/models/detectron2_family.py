@@ -20,6 +20,7 @@ Architectures: ``detectron2_generalizedrcnn`` and ``detectron2_retinanet``. ``op
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 import torch
@@ -119,4 +120,5 @@ register_family(DetectorFamily(
     keep_real=("backbone.bottom_up.stem.conv1", "*.shortcut", "proposal_generator.rpn_head.objectness_logits",
                "proposal_generator.rpn_head.anchor_deltas", "roi_heads.box_predictor.*", "head.cls_score",
                "head.bbox_pred"),
-    description="detectron2 GeneralizedRCNN / RetinaNet (needs detectron2; options.config_file)"))
+    description="detectron2 GeneralizedRCNN / RetinaNet, options.config_file; detectron2 "
+                + ("found" if importlib.util.find_spec("detectron2") else "not installed here")))

@@ -9,13 +9,17 @@ state dicts are unchanged.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
-__all__ = ["RPN", "BoxRoIHeads", "use_heads"]
+from detbin.core.errors import ConfigError
+
+__all__ = ["RPN", "BoxRoIHeads", "use_heads", "set_box_loss", "TORCHVISION_BETA"]
 
 TORCHVISION_BETA = 1.0 / 9.0
 
@@ -68,3 +72,18 @@ def use_heads(model: torch.nn.Module) -> torch.nn.Module:
     model.rpn.__class__ = RPN
     model.roi_heads.__class__ = BoxRoIHeads
     return model
+
+
+def set_box_loss(detector: Any, beta: float) -> None:
+    """Make a Faster R-CNN's RPN and RoI head regress with ``smooth_l1(beta)`` (``beta = 0``: L1).
+
+    torchvision's own value is 1/9 (:data:`TORCHVISION_BETA`); IDa-Det's student trains with L1.
+
+    Raises:
+        ConfigError: the detector has no such heads (not a Faster R-CNN of detbin's builders).
+    """
+    model = detector.model
+    rpn, roi_heads = getattr(model, "rpn", None), getattr(model, "roi_heads", None)
+    if not (isinstance(rpn, RPN) and isinstance(roi_heads, BoxRoIHeads)):
+        raise ConfigError(f"{detector.config.arch}: box-loss beta applies to Faster R-CNN's RPN and RoI heads only")
+    rpn.box_beta = roi_heads.box_beta = float(beta)

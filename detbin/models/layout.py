@@ -4,12 +4,15 @@ A layout is a :class:`BinarizeSpec` (plain values, saved in checkpoints) applied
 :func:`apply_layout`, in this order:
 
 1. make every layer trainable (FrozenBatchNorm2d -> BatchNorm2d);
-2. rewrite ResNet blocks into the spec's form (``xnor``, ``bireal``, ``reactnet``);
+2. rewrite the ResNet body's blocks into the spec's form (the open table of
+   :mod:`detbin.binary.blocks`: ``xnor``, ``bireal``, ``reactnet`` ...);
 3. optionally widen FPN lateral 1x1 convs to 3x3 (IDa-Det/LWS-Det necks), the teacher's
    1x1 kernel placed at the centre so the function is unchanged at conversion;
-4. swap every conv not matched by the keep-real patterns for a :class:`BinaryConv2d`;
-5. replace activations that would feed a binary conv's sign (see
-   :func:`~detbin.surgery.fix_activations_before_binary`).
+4. swap every conv not matched by the keep-real patterns for a :class:`BinaryConv2d`, its
+   quantizers from the spec (``rules`` override them per module-name pattern);
+5. the activations of the neck and RPN: named by ``neck_activation`` (IDa-Det's PReLU after
+   every FPN conv and the RPN conv), or else every activation that would feed a binary conv's
+   sign is replaced (:func:`~detbin.binary.surgery.fix_activations_before_binary`).
 
 Deterministic given the detector config and the spec, so a checkpoint rebuilds its student.
 """
@@ -23,13 +26,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from detbin.binary.blocks import FORMS, convert_resnet
-from detbin.models.detector import Detector
-from detbin.core.errors import ConfigError, reject_unknown_keys
-from detbin.binary.layers import BinaryConv2d, RPReLU
+from detbin.binary import quantizers
+from detbin.binary.blocks import get_form
+from detbin.binary.layers import BinaryConv2d
 from detbin.binary.surgery import binarize, fix_activations_before_binary, matches_any, set_submodule, unfreeze
+from detbin.core.errors import ConfigError, reject_unknown_keys
+from detbin.models.detector import Detector
 
-__all__ = ["BinarizeSpec", "apply_layout", "activation_maker", "widen_fpn_laterals"]
+__all__ = ["BinarizeSpec", "apply_layout", "widen_fpn_laterals", "add_neck_activation"]
+
+_NECK_ACTIVATIONS = (None, "prelu")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,14 @@ class BinarizeSpec:
         keep_depthwise_real: keep depth-wise convs real (they binarize poorly).
         pad_value: border padding after binarization (0, or -1 as in BiDet).
         fpn_lateral_kernel: 1 (torchvision) or 3 (IDa-Det/LWS-Det binary 3x3 laterals).
+        rules: per-module overrides, first match wins: ``{"match": glob, "activation": spec,
+            "weight": spec}`` (IDa-Det: ApproxSign instead of RSign in the neck and RPN).
+        conv_bias: give every binary conv a real bias (zero-initialised) where the real one had
+            none (IDa-Det's BiConv has one).
+        neck_activation: ``prelu``: a PReLU after every FPN conv (laterals and outputs) and in
+            place of the RPN conv's ReLU (IDa-Det §2.1); None: activations found automatically.
+        activation_init: initial slope of those PReLUs (PyTorch's 0.25).
+        extra: method-specific values a recipe records with the layout.
     """
 
     form: str = "reactnet"
@@ -57,30 +71,42 @@ class BinarizeSpec:
     keep_depthwise_real: bool = True
     pad_value: float = 0.0
     fpn_lateral_kernel: int = 1
+    rules: tuple[dict[str, Any], ...] = ()
+    conv_bias: bool = False
+    neck_activation: str | None = None
+    activation_init: float = 0.25
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.form not in FORMS:
-            raise ConfigError(f"binarize.form: unknown form {self.form!r}; valid: {', '.join(FORMS)}")
+        get_form(self.form)  # unknown forms fail here, with the valid names
         if self.fpn_lateral_kernel not in (1, 3):
             raise ConfigError(f"binarize.fpn_lateral_kernel must be 1 or 3, got {self.fpn_lateral_kernel}")
+        if self.neck_activation not in _NECK_ACTIVATIONS:
+            raise ConfigError(f"binarize.neck_activation must be one of {_NECK_ACTIVATIONS}, got {self.neck_activation!r}")
+        for rule in self.rules:
+            if not isinstance(rule, dict) or "match" not in rule or set(rule) - {"match", "activation", "weight"}:
+                raise ConfigError(f"binarize.rules: each rule is {{match: GLOB, activation: ..., weight: ...}}, "
+                                  f"got {rule!r}")
         object.__setattr__(self, "keep_real", tuple(self.keep_real))
+        object.__setattr__(self, "rules", tuple(dict(r) for r in self.rules))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for checkpoints."""
         out = dataclasses.asdict(self)
-        out["keep_real"] = list(self.keep_real)
+        out["keep_real"], out["rules"] = list(self.keep_real), [dict(r) for r in self.rules]
         return out
+
+    def quantizers_for(self, name: str) -> tuple[Any, Any]:
+        """``(activation spec, weight spec)`` of the conv called ``name`` (the first matching rule wins)."""
+        for rule in self.rules:
+            if matches_any(name, [rule["match"]]):
+                return rule.get("activation", self.activation), rule.get("weight", self.weight)
+        return self.activation, self.weight
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BinarizeSpec:
         reject_unknown_keys("binarize", values, (f.name for f in dataclasses.fields(cls)))
         return cls(**values)
-
-
-def activation_maker(form: str) -> Any:
-    """The activation placed where a ReLU would feed a sign: Identity, or RPReLU for ReActNet."""
-    return RPReLU if form == "reactnet" else (lambda channels: nn.Identity())
 
 
 def widen_fpn_laterals(model: nn.Module) -> list[str]:
@@ -99,6 +125,30 @@ def widen_fpn_laterals(model: nn.Module) -> list[str]:
     return widened
 
 
+def add_neck_activation(model: nn.Module, slope: float) -> None:
+    """A PReLU after every FPN conv (laterals and outputs) and in place of the RPN conv's ReLU.
+
+    IDa-Det's neck and RPN (methods.md §2.1: ``PReLU(BiConv3x3(...))``), whose binary outputs
+    would otherwise reach the next sign unchanged or through a ReLU.
+    """
+    def prelu(conv: nn.Conv2d) -> nn.PReLU:
+        return nn.PReLU(conv.out_channels, init=slope).to(conv.weight.device)
+
+    for block in [*model.backbone.fpn.inner_blocks, *model.backbone.fpn.layer_blocks]:
+        block.append(prelu(block[0]))
+    conv_block = model.rpn.head.conv[0]
+    conv_block[1] = prelu(conv_block[0])
+
+
+def _binary_conv(name: str, conv: nn.Conv2d, spec: BinarizeSpec) -> BinaryConv2d:
+    activation, weight = spec.quantizers_for(name)
+    binary = BinaryConv2d.from_conv(conv, quantizers.get(activation, channels=conv.in_channels),
+                                    quantizers.get(weight, channels=conv.out_channels), pad_value=spec.pad_value)
+    if spec.conv_bias and binary.bias is None:  # zeros, not a fresh init: the converted function is kept
+        binary.bias = nn.Parameter(torch.zeros(conv.out_channels, device=conv.weight.device))
+    return binary
+
+
 def apply_layout(detector: Detector, spec: BinarizeSpec) -> list[str]:
     """Binarize ``detector.model`` in place according to ``spec``.
 
@@ -107,9 +157,9 @@ def apply_layout(detector: Detector, spec: BinarizeSpec) -> list[str]:
     """
     model = detector.model
     unfreeze(model)
-    make_activation = activation_maker(spec.form)
+    form = get_form(spec.form)
     if detector.resnet_body is not None:
-        convert_resnet(model.get_submodule(detector.resnet_body), spec.form, make_activation)
+        form.convert(model.get_submodule(detector.resnet_body), form.activation)
     if spec.fpn_lateral_kernel == 3:
         widen_fpn_laterals(model)
     keep = (detector.keep_real if spec.default_keep_real else ()) + spec.keep_real
@@ -119,9 +169,12 @@ def apply_layout(detector: Detector, spec: BinarizeSpec) -> list[str]:
             return None
         if spec.keep_depthwise_real and conv.groups > 1 and conv.groups == conv.in_channels:
             return None
-        return BinaryConv2d.from_conv(conv, spec.activation, spec.weight, pad_value=spec.pad_value)
+        return _binary_conv(name, conv, spec)
 
     swapped = binarize(model, choose)
-    skip = [detector.resnet_body] if detector.resnet_body else []
-    fix_activations_before_binary(model, make_activation, detector.dry_run, skip=skip)
+    if spec.neck_activation == "prelu":
+        add_neck_activation(model, spec.activation_init)
+    else:
+        skip = [detector.resnet_body] if detector.resnet_body else []
+        fix_activations_before_binary(model, form.activation, detector.dry_run, skip=skip)
     return swapped

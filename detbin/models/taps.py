@@ -1,4 +1,4 @@
-"""Taps: record module outputs by qualified name while a model runs.
+"""Taps: record module outputs (or inputs) by qualified name while a model runs.
 
 Because surgery keeps names, ``record(student, names)`` and ``record(teacher, names)``
 capture the same layers of both networks with no mapping table.
@@ -18,11 +18,16 @@ __all__ = ["record"]
 
 
 @contextmanager
-def record(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, list[Any]]]:
-    """Capture the outputs of the named modules while the ``with`` body runs.
+def record(model: nn.Module, names: Sequence[str], inputs: bool = False) -> Iterator[dict[str, list[Any]]]:
+    """Capture the outputs (or, with ``inputs``, the inputs) of the named modules while the ``with`` body runs.
+
+    Args:
+        inputs: record each call's first positional argument (a conv's input tensor) instead
+            of its output; LWS-Det's layer losses compare the inputs of the same conv in the
+            teacher and the student.
 
     Yields:
-        ``{name: [output of call 1, output of call 2, ...]}`` (a module called twice, e.g. a
+        ``{name: [value of call 1, value of call 2, ...]}`` (a module called twice, e.g. a
         shared head on several FPN levels, appears twice, in call order).
 
     Raises:
@@ -36,7 +41,12 @@ def record(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, list[An
         raise DetbinError(f"no module named {missing[0]!r}{close_matches(missing[0], modules)} "
                           f"in {type(model).__name__}")
     captured: dict[str, list[Any]] = {name: [] for name in names}
-    handles = [modules[name].register_forward_hook(lambda m, i, out, n=name: captured[n].append(out)) for name in names]
+    if inputs:
+        handles = [modules[name].register_forward_pre_hook(lambda m, args, n=name: captured[n].append(args[0]))
+                   for name in names]
+    else:
+        handles = [modules[name].register_forward_hook(lambda m, i, out, n=name: captured[n].append(out))
+                   for name in names]
     try:
         yield captured
     finally:

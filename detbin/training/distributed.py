@@ -7,13 +7,15 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["Context", "setup", "teardown", "all_reduce_grads", "broadcast_buffers", "barrier"]
+__all__ = ["Context", "setup", "teardown", "all_reduce_grads", "broadcast_buffers", "wrap"]
 
 
 @dataclass(frozen=True)
@@ -54,24 +56,32 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def all_reduce_grads(module: nn.Module, world_size: int) -> None:
-    """Average the gradients of ``module``'s parameters over ranks (recipe-owned parameters:
-    they live outside the DDP-wrapped student). A missing gradient counts as zero, so every
-    rank reduces the same tensors in the same order."""
+def all_reduce_grads(parameters: Iterable[nn.Parameter], world_size: int) -> None:
+    """Average the gradients of ``parameters`` over ranks (recipe-owned parameters: they live
+    outside the DDP-wrapped student). A missing gradient counts as zero, so every rank reduces
+    the same tensors in the same order."""
     if world_size <= 1:
         return
-    for p in module.parameters():
+    for p in parameters:
         if not p.requires_grad:
             continue
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad)
         p.grad.div_(world_size)
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel(model)`` that tolerates parameters unused on a step.
+
+    A search branch or a variance head may take no part in some forward passes; DDP then has to
+    look for them (``find_unused_parameters``). Its note that a step had none unused is expected.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    warnings.filterwarnings("ignore", message=".*find_unused_parameters=True was specified.*")
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
 
 
 def broadcast_buffers(module: nn.Module) -> None:

@@ -1,6 +1,9 @@
-"""Built-in trainer hooks: LR schedule, checkpoints, periodic evaluation, metric logs, progress.
+"""Built-in trainer hooks: LR schedule, checkpoints, periodic evaluation, metric logs.
 
-Only rank 0 gets the hooks that write files (:func:`detbin.build.build_run` decides).
+Only rank 0 gets the hooks that write files (:func:`detbin.app.runner.run` decides). The
+LR schedule and evaluation follow the student's optimizer steps (``trainer.iteration``);
+checkpoints and logs follow every step (``trainer.global_step``), so a run is resumable and
+visible inside a phase in which the student does not train.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from detbin.models.checkpoint import save_atomic
 from detbin.training.hook import Hook
 from detbin.training.trainer import Trainer
 
-__all__ = ["ScheduleHook", "CheckpointHook", "EvalHook", "MetricsLogger", "CallbackHook", "lr_lambda"]
+__all__ = ["ScheduleHook", "CheckpointHook", "EvalHook", "MetricsLogger", "lr_lambda"]
 
 
 def lr_lambda(name: str, max_iterations: int, warmup_iters: int, warmup_factor: float,
@@ -47,13 +50,14 @@ def lr_lambda(name: str, max_iterations: int, warmup_iters: int, warmup_factor: 
 
 
 class ScheduleHook(Hook):
-    """Steps an LR scheduler after every optimizer step."""
+    """Steps an LR scheduler after every optimizer step of the student."""
 
     def __init__(self, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
         self.scheduler = scheduler
 
     def after_step(self, trainer: Trainer) -> None:
-        self.scheduler.step()
+        if trainer.last is not None and trainer.last.student:
+            self.scheduler.step()
 
     def state_dict(self) -> dict[str, Any]:
         return self.scheduler.state_dict()
@@ -63,7 +67,7 @@ class ScheduleHook(Hook):
 
 
 class CheckpointHook(Hook):
-    """Writes ``last.pt`` atomically every ``every`` iterations, at the end and on Ctrl-C.
+    """Writes ``last.pt`` atomically every ``every`` steps, at the end and on Ctrl-C.
 
     Args:
         path: where ``last.pt`` goes.
@@ -79,17 +83,17 @@ class CheckpointHook(Hook):
         start = time.perf_counter()
         save_atomic(self.make(trainer), self.path)
         self.seconds = time.perf_counter() - start
-        self.saved_at = trainer.iteration
+        self.saved_at = trainer.global_step
 
     def after_step(self, trainer: Trainer) -> None:
-        if trainer.iteration % self.every == 0:
+        if trainer.global_step % self.every == 0:
             self.save(trainer)
 
     def on_interrupt(self, trainer: Trainer) -> None:
         self.save(trainer)
 
     def after_train(self, trainer: Trainer) -> None:
-        if self.saved_at != trainer.iteration and trainer.iteration >= trainer.max_iterations:
+        if self.saved_at != trainer.global_step and trainer.iteration >= trainer.max_iterations:
             self.save(trainer)
 
 
@@ -125,7 +129,8 @@ class EvalHook(Hook):
                 self.on_best(trainer, metrics)
 
     def after_step(self, trainer: Trainer) -> None:
-        if self.every and trainer.iteration % self.every == 0 and trainer.iteration < trainer.max_iterations:
+        student_step = trainer.last is not None and trainer.last.student
+        if self.every and student_step and trainer.iteration % self.every == 0 and trainer.iteration < trainer.max_iterations:
             self._run(trainer)
 
     def after_train(self, trainer: Trainer) -> None:
@@ -142,13 +147,16 @@ class EvalHook(Hook):
 class MetricsLogger(Hook):
     """Appends averaged losses, lr and timing to ``metrics.jsonl`` and ``results.csv``.
 
-    One record every ``every`` iterations (and at the end); evaluation results are added with
-    :meth:`log_eval`. JSONL lines carry every key; the CSV has the keys of its first row.
+    One record every ``every`` steps (and at the end); evaluation results are added with
+    :meth:`log_eval`. Each value is the mean over the steps that logged it (a phase's steps log
+    other terms than the student's). JSONL lines carry every key; the CSV has the keys of its
+    first row. Runs with phases also log ``global_step`` and ``phase``.
     """
 
     def __init__(self, jsonl: Path, csv_path: Path, every: int) -> None:
         self.jsonl, self.csv_path, self.every = Path(jsonl), Path(csv_path), every
         self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
         self._count = 0
         self._seconds = 0.0
         self._pending_eval: dict[str, float] = {}
@@ -156,11 +164,13 @@ class MetricsLogger(Hook):
     def after_step(self, trainer: Trainer) -> None:
         last = trainer.last
         assert last is not None
-        for key, value in {**last.losses, "total": last.total, **last.extra}.items():
+        values = {**last.losses, **({"total": last.total} if last.student else {}), **last.extra}
+        for key, value in values.items():
             self._sums[key] = self._sums.get(key, 0.0) + value
+            self._counts[key] = self._counts.get(key, 0) + 1
         self._count += 1
         self._seconds += last.seconds
-        if trainer.iteration % self.every == 0 or trainer.iteration == trainer.max_iterations:
+        if trainer.global_step % self.every == 0 or trainer.iteration == trainer.max_iterations:
             self.flush(trainer)
 
     def log_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
@@ -170,11 +180,13 @@ class MetricsLogger(Hook):
     def flush(self, trainer: Trainer) -> None:
         if not self._count:
             return
-        record = {"iteration": trainer.iteration, "epoch": trainer.epoch, "lr": trainer.last.lr if trainer.last else 0.0,
-                  **{k: v / self._count for k, v in self._sums.items()},
+        phases = {"global_step": trainer.global_step, "phase": trainer.phase.name} if len(trainer.phases) > 1 else {}
+        record = {"iteration": trainer.iteration, **phases, "epoch": trainer.epoch,
+                  "lr": trainer.last.lr if trainer.last else 0.0,
+                  **{k: v / self._counts[k] for k, v in self._sums.items()},
                   "seconds_per_iter": self._seconds / self._count, **self._pending_eval}
         self._write(record, csv_row=True)
-        self._sums, self._count, self._seconds, self._pending_eval = {}, 0, 0.0, {}
+        self._sums, self._counts, self._count, self._seconds, self._pending_eval = {}, {}, 0, 0.0, {}
 
     def _write(self, record: dict[str, Any], csv_row: bool) -> None:
         with self.jsonl.open("a") as handle:
@@ -188,17 +200,3 @@ class MetricsLogger(Hook):
             if new:
                 writer.writeheader()
             writer.writerow(record)
-
-
-class CallbackHook(Hook):
-    """Calls ``fn(trainer)`` after every step (the CLI renders progress this way)."""
-
-    def __init__(self, fn: Callable[[Trainer], None], start: Callable[[Trainer], None] | None = None) -> None:
-        self.fn, self.start = fn, start
-
-    def before_train(self, trainer: Trainer) -> None:
-        if self.start:
-            self.start(trainer)
-
-    def after_step(self, trainer: Trainer) -> None:
-        self.fn(trainer)

@@ -13,9 +13,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from detbin import ConfigError, Params, Recipe, Step
-
-from detbin_baselines.feature_kd import adaptation_convs, fgfi_mask, gt_mask, map_levels, masked_imitation
+from detbin import (ConfigError, Detector, Params, Recipe, Step, adaptation_convs, fgfi_mask, gt_mask, map_levels,
+                    masked_imitation)
 
 __all__ = ["FGFI", "DeFeat"]
 
@@ -29,10 +28,10 @@ class _Imitation(Recipe):
     needs_teacher = True
     layout: ClassVar[dict[str, Any]] = _REACTNET
 
-    def tap_names(self, student: Any) -> list[str]:
+    def tap_names(self, student: Detector) -> list[str]:
         return ["transform", "backbone"]
 
-    def prepare(self, student: Any, teacher: Any) -> None:
+    def prepare(self, student: Detector, teacher: Detector | None) -> None:
         if not hasattr(student.model.backbone, "fpn"):
             raise ConfigError(f"recipe {self.name!r} imitates FPN features; {student.config.arch} has no FPN "
                               "(use a fasterrcnn/retinanet/fcos *_fpn architecture)")
@@ -64,7 +63,7 @@ class _Imitation(Recipe):
         return [map_levels(b, levels, self.params.canonical_scale) for b in boxes]
 
 
-def _device(detector: Any) -> torch.device:
+def _device(detector: Detector) -> torch.device:
     return next(detector.model.parameters()).device
 
 

@@ -14,13 +14,14 @@ and the entropy loss between the teacher's map and the student's adapted map;
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from detbin import (BinarizeSpec, BinaryConv2d, ConfigError, Hook, Params, Recipe, RPReLU, Step, binary_blocks, layout,
-                    quantizers, surgery)
+from detbin import (BinarizeSpec, ConfigError, Detector, Hook, Params, Recipe, Step, adaptation_conv, apply_layout,
+                    register_quantizer, set_box_loss)
 
 from detbin_idadet.biconv import BiConvWeight
 from detbin_idadet.selection import (discrepancy, entropy_loss, level_mask, proposal_pairs, rpn_proposals,
@@ -38,8 +39,13 @@ class IDaDet(Recipe):
     paper = ("Xu et al., IDa-Det: An Information Discrepancy-aware Distillation for 1-bit Detectors, ECCV 2022, "
              "arXiv:2210.03477 (released code: SteveTsui/IDa-Det)")
     needs_teacher = True
-    layout: ClassVar[dict[str, Any]] = {"form": "reactnet", "activation": "rsign", "weight": "biconv",
-                                        "fpn_lateral_kernel": 3}
+    # §2.1: ReAct blocks with RSign in the backbone, ApproxSign in the neck and RPN; BiConv weights
+    # with a real bias; binary 3x3 laterals; PReLU after every FPN conv and in the RPN.
+    layout: ClassVar[dict[str, Any]] = {
+        "form": "reactnet", "activation": "rsign", "weight": "biconv", "fpn_lateral_kernel": 3, "conv_bias": True,
+        "neck_activation": "prelu",
+        "rules": ({"match": "backbone.fpn.*", "activation": "approx_sign"}, {"match": "rpn.*", "activation": "approx_sign"}),
+    }
 
     class Params(Params):
         score_threshold: float = 0.85  # §2.3: confident proposals only
@@ -58,32 +64,29 @@ class IDaDet(Recipe):
         frozen_stages: int = 0  # repository: 1 (stem + stage 1) with its ImageNet-pretrained BiRes18
         norm_eval: bool = False  # repository: True (backbone BN statistics frozen), same reason
 
-    def binarize(self, student: Any, spec: BinarizeSpec) -> list[str]:
-        """The BiRes18-FPN student of §2.1 on a torchvision Faster R-CNN FPN."""
+    def binarize(self, student: Detector, spec: BinarizeSpec) -> list[str]:
+        """The BiRes18-FPN student of §2.1 on a torchvision Faster R-CNN FPN (the layout above)."""
         model = student.model
         if not (hasattr(model, "rpn") and hasattr(model.backbone, "fpn") and student.resnet_body):
             raise ConfigError(f"ida-det needs a Faster R-CNN with a ResNet FPN; got {student.config.arch}")
         if spec.form != "reactnet":
             raise ConfigError("ida-det's student is fixed by the paper (§2.1): keep binarize.form reactnet "
                               "(binarize.weight may name another quantizer for ablations; biconv is the paper's)")
-        surgery.unfreeze(model)
-        binary_blocks.convert_resnet(model.get_submodule(student.resnet_body), "reactnet", RPReLU)
-        if spec.fpn_lateral_kernel == 3:
-            layout.widen_fpn_laterals(model)
-        swapped = _swap_convs(student, spec, self.params)
-        _neck_and_rpn_prelu(model, self.params.prelu_init)
-        model.rpn.box_beta = model.roi_heads.box_beta = 0.0 if self.params.box_loss == "l1" else 1.0 / 9.0
+        weight = ({"name": "biconv", "c": self.params.scale_c, "mu": self.params.mu} if spec.weight == "biconv"
+                  else spec.weight)
+        swapped = apply_layout(student, dataclasses.replace(spec, weight=weight, activation_init=self.params.prelu_init))
+        set_box_loss(student, 0.0 if self.params.box_loss == "l1" else 1.0 / 9.0)
         _freeze_stages(model.get_submodule(student.resnet_body), self.params.frozen_stages)
         return swapped
 
-    def prepare(self, student: Any, teacher: Any) -> None:
+    def prepare(self, student: Detector, teacher: Detector | None) -> None:
         was_training = student.model.training
         student.model.eval()
         with torch.no_grad():
             device = next(student.model.parameters()).device
             levels = len(student.model.backbone(torch.zeros(1, 3, 64, 64, device=device)))
         student.model.train(was_training)
-        self.adapt = nn.ModuleList(_adaptation(student.config.fpn_channels, teacher.config.fpn_channels)
+        self.adapt = nn.ModuleList(adaptation_conv(student.config.fpn_channels, teacher.config.fpn_channels)
                                    for _ in range(levels)).to(device)
         self.sigma = nn.Parameter(torch.tensor(self.params.sigma_init, device=device))
         self._stats: dict[str, float] = {}
@@ -91,14 +94,14 @@ class IDaDet(Recipe):
     def hooks(self) -> list[Hook]:
         return [_BackboneNormEval()] if self.params.norm_eval else []
 
-    def tap_names(self, student: Any) -> tuple[str, ...]:
+    def tap_names(self, student: Detector) -> tuple[str, ...]:
         return _TAPS
 
     def task_weight(self) -> float:
         return self.params.task_weight
 
     @torch.no_grad()
-    def teacher_features(self, images: list[Tensor], teacher: Any, student_taps: dict[str, list[Any]]) -> None:
+    def teacher_features(self, images: list[Tensor], teacher: Detector, student_taps: dict[str, list[Any]]) -> None:
         """Teacher backbone+FPN, RPN head and anchors on the student's transformed batch (§2.9)."""
         model = teacher.model
         image_list, _ = student_taps["transform"][0]
@@ -126,7 +129,7 @@ class IDaDet(Recipe):
         return dict(self._stats)
 
     def _pairs(self, step: Step, image_sizes: list[tuple[int, int]]) -> list[Tensor]:
-        def proposals(detector: Any, taps: dict[str, list[Any]]) -> tuple[list[Tensor], list[Tensor]]:
+        def proposals(detector: Detector, taps: dict[str, list[Any]]) -> tuple[list[Tensor], list[Tensor]]:
             objectness, deltas = taps["rpn.head"][0]
             return rpn_proposals(detector.model.rpn, objectness, deltas, taps["rpn.anchor_generator"][0], image_sizes)
 
@@ -150,45 +153,6 @@ class IDaDet(Recipe):
         return torch.stack(masks), kept
 
 
-def _adaptation(in_channels: int, out_channels: int) -> nn.Conv2d:
-    """Per-level 3x3 adaptation conv, weights ``normal().fmod(2) * 1e-4``, default bias (§2.7)."""
-    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-    with torch.no_grad():
-        conv.weight.copy_(torch.randn_like(conv.weight).fmod(2) * 1e-4)
-    return conv
-
-
-def _swap_convs(student: Any, spec: BinarizeSpec, params: Any) -> list[str]:
-    """BiConv everywhere not kept real: RSign inputs in the backbone, ApproxSign in neck and RPN."""
-    model = student.model
-    keep = (student.keep_real if spec.default_keep_real else ()) + spec.keep_real
-    body = student.resnet_body + "."
-
-    def choose(name: str, conv: nn.Conv2d) -> nn.Module | None:
-        if surgery.matches_any(name, keep):
-            return None
-        activation = spec.activation if name.startswith(body) else "approx_sign"
-        weight = (BiConvWeight(conv.out_channels, params.scale_c, params.mu) if spec.weight == "biconv"
-                  else quantizers.get(spec.weight, channels=conv.out_channels))
-        binary = BinaryConv2d.from_conv(conv, quantizers.get(activation, channels=conv.in_channels), weight)
-        if binary.bias is None:  # BiConv has a real bias (§2.1)
-            binary.bias = nn.Parameter(torch.zeros(conv.out_channels, device=conv.weight.device))
-        return binary
-
-    return surgery.binarize(model, choose)
-
-
-def _neck_and_rpn_prelu(model: nn.Module, slope: float) -> None:
-    """PReLU after every FPN conv (laterals and outputs) and instead of the RPN conv's ReLU."""
-    def prelu(conv: nn.Conv2d) -> nn.PReLU:
-        return nn.PReLU(conv.out_channels, init=slope).to(conv.weight.device)
-
-    for block in [*model.backbone.fpn.inner_blocks, *model.backbone.fpn.layer_blocks]:
-        block.append(prelu(block[0]))
-    conv_block = model.rpn.head.conv[0]
-    conv_block[1] = prelu(conv_block[0])
-
-
 def _freeze_stages(body: nn.Module, stages: int) -> None:
     """The repository's ``frozen_stages``: stem (conv1, bn1) and the first ``stages`` stages."""
     if stages <= 0:
@@ -206,3 +170,6 @@ class _BackboneNormEval(Hook):
         for module in body.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.eval()
+
+
+register_quantizer("biconv", BiConvWeight, needs_channels=True)

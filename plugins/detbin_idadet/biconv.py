@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detbin import quantizers
+from detbin import Quantizer, sign
 
 __all__ = ["BiConvWeight", "biconv_weight"]
 
@@ -29,7 +29,7 @@ __all__ = ["BiConvWeight", "biconv_weight"]
 class _BiConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: Tensor, scale: Tensor, c: float, mu: float) -> Tensor:  # type: ignore[override]
-        binary = quantizers.sign(weight)
+        binary = sign(weight)
         magnitude = scale.abs().view(-1, *([1] * (weight.dim() - 1)))
         binarized = c * magnitude * binary
         ctx.save_for_backward(weight, scale, binary, binarized)
@@ -52,7 +52,7 @@ def biconv_weight(weight: Tensor, scale: Tensor, c: float = 0.02, mu: float = 1e
     return _BiConvFunction.apply(weight, scale, c, mu)
 
 
-class BiConvWeight(quantizers.Quantizer):
+class BiConvWeight(Quantizer):
     """The BiConv weight quantizer (1 bit), owning the learned per-channel scale ``s``.
 
     ``init_from`` sets ``s_o = mean|W_o| / c`` so the first ``W_hat`` is the XNOR weight of the
@@ -72,6 +72,11 @@ class BiConvWeight(quantizers.Quantizer):
 
     def forward(self, weight: Tensor) -> Tensor:
         return biconv_weight(weight, self.scale, self.c, self.mu)
+
+    @torch.no_grad()
+    def deploy(self, weight: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(sign(W), c |s|)``: the forward value is ``(c |s|) * sign(W)``, multiplied in this order."""
+        return sign(weight), self.c * self.scale.abs().view(-1, *([1] * (weight.dim() - 1)))
 
     def extra_repr(self) -> str:
         return f"bits=1, channels={self.scale.numel()}, c={self.c}, mu={self.mu}"

@@ -16,7 +16,7 @@ from detbin.app.build import layout_spec
 from detbin.data.synthetic import SyntheticDetection
 from detbin.models.taps import record
 from detbin.training.trainer import freeze
-from detbin_baselines.feature_kd import fgfi_mask, gt_mask, map_levels, masked_imitation
+from detbin.distill.imitation import fgfi_mask, gt_mask, map_levels, masked_imitation
 from helpers import toy_config
 
 

@@ -17,11 +17,10 @@ from typing import Any
 
 from detbin.config import RunConfig, validate_params
 from detbin.binary.layers import is_binary
-from detbin.core.errors import CheckpointError, ConfigError, close_matches
+from detbin.core.errors import CheckpointError, ConfigError
 from detbin.models import checkpoint
 from detbin.models.config import DetectorConfig
 from detbin.models.detector import Detector, build_detector
-from detbin.models.families import all_archs
 from detbin.models.layout import BinarizeSpec
 from detbin.training import plugins
 from detbin.training.recipe import Recipe
@@ -192,13 +191,10 @@ def load_target(model: str, recipe: str | None = None, num_classes: int = 21, ar
     recipe_cls = plugins.load(recipe) if recipe is not None else None  # fail fast, before building
     if Path(model).is_file():
         detector, _ = load_model(Path(model), arch)
-    elif model in all_archs():
-        detector = build_detector(DetectorConfig(arch=model, num_classes=num_classes))
     elif model.endswith(_CHECKPOINT_SUFFIXES) or "/" in model:
         raise CheckpointError(f"{model}: no such checkpoint file")
-    else:
-        raise ConfigError(f"unknown architecture {model!r}{close_matches(model, all_archs())}; give a checkpoint file "
-                          f"or one of: {', '.join(all_archs())}")
+    else:  # an architecture name; a plugin family is loaded here, unknown names list the valid ones
+        detector = build_detector(DetectorConfig(arch=model, num_classes=num_classes))
     if recipe_cls is not None:
         if any(is_binary(m) for m in detector.model.modules()):
             raise ConfigError(f"{model}: already has binary layers (a 1-bit student); --recipe {recipe} applies "

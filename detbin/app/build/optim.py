@@ -3,34 +3,20 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from detbin.config import RunConfig
 from detbin.training.hooks import lr_lambda
+from detbin.training.recipe import Plan
 
 __all__ = ["Plan", "plan_iterations", "build_optimizer", "build_scheduler"]
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Iteration counts of a run.
-
-    Attributes:
-        iters_per_epoch: optimizer steps per pass over the training split (drop-last batches).
-        max_iterations: the run's length in student optimizer steps.
-        milestones: the LR-step iterations of a ``step`` schedule (``Step.lr_stage`` counts them).
-    """
-
-    iters_per_epoch: int
-    max_iterations: int
-    milestones: tuple[int, ...] = field(default_factory=tuple)
-
-
 def plan_iterations(config: RunConfig, train_size: int, world_size: int = 1) -> Plan:
-    """``max_iterations`` from ``train.max_iterations`` or ``train.epochs``; milestones in iterations."""
+    """The run's plan: ``max_iterations`` from ``train.max_iterations`` or ``train.epochs`` (drop-last
+    batches), and the ``step`` schedule's milestones in iterations."""
     per_epoch = max(1, train_size // (config.train.batch_size * world_size))
     schedule = config.train.schedule
     milestones = tuple(int(round(m * per_epoch)) for m in schedule.milestones) if schedule.name == "step" else ()

@@ -1,4 +1,6 @@
-"""Masked FPN feature imitation: FGFI's anchor-IoU mask, DeFeat's ground-truth mask, their losses.
+"""Masked feature imitation: FGFI's anchor-IoU mask, DeFeat's ground-truth mask, their loss, adaptation convs.
+
+Public helpers for recipes (``fgfi``, ``defeat``, ``lws-det``'s L_Lim all use them).
 
 Both follow the code IDa-Det forked (``ggjy/DeFeat.pytorch``: ``anchor_head.get_roi_mask``,
 ``get_gt_mask``, ``_map_roi_levels`` and ``apis/train.py batch_processor_kd``):
@@ -15,13 +17,11 @@ Both follow the code IDa-Det forked (``ggjy/DeFeat.pytorch``: ``anchor_head.get_
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
-__all__ = ["map_levels", "fgfi_mask", "gt_mask", "masked_imitation", "adaptation_convs"]
+__all__ = ["map_levels", "fgfi_mask", "gt_mask", "masked_imitation", "adaptation_conv", "adaptation_convs"]
 
 
 def map_levels(boxes: Tensor, num_levels: int, canonical: float = 56.0) -> Tensor:
@@ -69,16 +69,24 @@ def masked_imitation(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
     return (squared * weight).sum() / max(1.0, 2.0 * student.shape[1] * float(weight.sum()))
 
 
+def adaptation_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """One 3x3 adaptation conv from student to teacher width (real bias), weights ``normal().fmod(2) * 1e-4``
+    as IDa-Det's and DeFeat's code initialise them (near zero: the student's map reaches the loss unchanged
+    at first only through the bias)."""
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn_like(conv.weight).fmod(2) * 1e-4)
+    return conv
+
+
 def adaptation_convs(in_channels: int, out_channels: int, levels: int) -> nn.ModuleList:
-    """One 3x3 conv per level from student to teacher width (real bias), weights
-    ``normal().fmod(2) * 1e-4`` as the repository initialises them."""
+    """One 3x3 conv per level from student to teacher width (real bias), weights ``normal().fmod(2) * 1e-4``.
+
+    All convs are created before any is re-initialised (the order of random draws the ``fgfi``
+    and ``defeat`` benchmarks were run with); :func:`adaptation_conv` makes them one at a time.
+    """
     convs = nn.ModuleList(nn.Conv2d(in_channels, out_channels, 3, padding=1) for _ in range(levels))
     with torch.no_grad():
         for conv in convs:
             conv.weight.copy_(torch.randn_like(conv.weight).fmod(2) * 1e-4)
     return convs
-
-
-def level_strides(image_size: tuple[int, int], maps: list[Tensor]) -> list[float]:
-    """Stride of each feature map relative to the padded network input."""
-    return [image_size[0] / m.shape[-2] if m.shape[-2] else math.inf for m in maps]

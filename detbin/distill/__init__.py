@@ -1,0 +1,1 @@
+"""Reusable distillation helpers: the FGFI and DeFeat masks, the masked imitation loss, adaptation convs."""
