@@ -148,11 +148,7 @@ def deployed_spec(spec: BinarizeSpec) -> BinarizeSpec:
     return BinarizeSpec.from_dict(values)
 
 
-# registry name -> (core type, constructor arguments read back from an instance)
-_INPUTS: dict[str, tuple[type, tuple[str, ...]]] = {
-    "identity": (quantizers.Identity, ()), "sign": (quantizers.SignSTE, ("clip",)),
-    "approx_sign": (quantizers.ApproxSign, ()), "rsign": (quantizers.RSign, ()),
-}
+_ARGS = {quantizers.SignSTE: ("clip",)}  # constructor arguments read back from an instance (others have none)
 
 
 def input_spec(quantizer: Quantizer, name: str = "") -> dict[str, Any]:
@@ -161,10 +157,16 @@ def input_spec(quantizer: Quantizer, name: str = "") -> dict[str, Any]:
     Its learned state (RSign's shift) travels in the state dict; only the constructor is here.
 
     Raises:
-        ExportError: a quantizer the core registry cannot rebuild (its type is named).
+        ExportError: a quantizer that is not a core registry entry (its type is named).
     """
-    for key, (cls, args) in _INPUTS.items():
-        if type(quantizer) is cls:
-            return {"name": key, **{a: getattr(quantizer, a) for a in args}}
-    raise ExportError(f"{name}: input quantizer {type(quantizer).__name__} is not one detbin's core can rebuild "
-                      f"({', '.join(_INPUTS)}); keep the layer real or add its inference form to core")
+    cls = type(quantizer)
+    if _is_core(cls):
+        for key in quantizers.names():
+            try:
+                probe = quantizers.get(key, channels=1)
+            except DetbinError:
+                continue
+            if type(probe) is cls:
+                return {"name": key, **{a: getattr(quantizer, a) for a in _ARGS.get(cls, ())}}
+    raise ExportError(f"{name}: input quantizer {cls.__name__} is not a core quantizer detbin can rebuild without "
+                      "its plugin; keep the layer real or add its inference form to detbin.binary.quantizers")
