@@ -10,6 +10,8 @@ Three forms (methods.md §1.4-1.7):
 * ``reactnet``: Bi-Real plus RPReLU after each shortcut sum (and RSign on the conv's input,
   which the layout sets as the input quantizer): ReAct-ResNet-18 of ``2_step2/birealnet.py``.
 
+LWS-Det's ``lws`` form registers itself from :mod:`detbin.binary.lws_blocks`.
+
 A converted block keeps ``conv1, bn1, conv2, bn2(, conv3, bn3), downsample`` with the same
 names and weights as the teacher's block, so weights and taps line up by name.
 """
@@ -40,11 +42,14 @@ class BlockForm:
         convert: ``(body, make_activation) -> blocks converted``, in place, keeping child names.
         activation: ``channels -> module`` placed where a ReLU would feed a sign (Identity for
             XNOR and Bi-Real, RPReLU for ReActNet).
+        keep_real: module-name globs of layers the form adds that stay real (LWS-Det's
+            ``*.downsample2.*`` shortcut), kept real with the family's defaults.
     """
 
     name: str
     convert: Callable[[nn.Module, MakeActivation], int]
     activation: MakeActivation
+    keep_real: tuple[str, ...] = ()
 
 
 _FORMS: dict[str, BlockForm] = {}

@@ -178,16 +178,41 @@ def part_of(name: str) -> str:
     return "other"
 
 
+def _deployed_scales(conv: BinaryConv2d) -> int | None:
+    """Real values a 1-bit conv stores beside its signs once deployed: its deploy form's scale.
+
+    None for a weight quantizer without a deploy form (then its own parameters are counted).
+    """
+    try:
+        _, scale = conv.weight_quantizer.deploy(conv.weight.detach())
+    except TypeError:
+        return None
+    return 0 if scale is None else scale.numel()
+
+
 def _parameter_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """Own (real, binary) parameters per module; derived XNOR scales count as real."""
+    """Own (real, binary) parameters per module, as the deployed student stores them.
+
+    A 1-bit conv counts its signs (1 bit each) and the real scale of its weight quantizer's
+    deploy form, never the quantizer's training state (LWS-Det's two search logits per
+    weight); derived XNOR scales count as real.
+    """
     per_module: dict[str, tuple[int, int]] = {}
+    deployed: set[int] = set()  # weight quantizers counted through their conv's deploy form
     for name, module in model.named_modules():
         own = list(module.parameters(recurse=False))
         real, binary = sum(p.numel() for p in own), 0
-        if isinstance(module, BinaryConv2d):
+        if id(module) in deployed:
+            real = 0
+        elif isinstance(module, BinaryConv2d):
+            scales = _deployed_scales(module) if module.bits[1] == 1 else None
             if module.bits[1] == 1:  # 1-bit weights, whatever the input bits
                 real, binary = real - module.weight.numel(), module.weight.numel()
-            real += module.weight_quantizer.derived_scales(module.weight.shape)
+            if scales is None:
+                real += module.weight_quantizer.derived_scales(module.weight.shape)
+            else:
+                real += scales
+                deployed.add(id(module.weight_quantizer))
         per_module[name] = (real, binary)
     return per_module
 

@@ -11,8 +11,9 @@ A layout is a :class:`BinarizeSpec` (plain values, saved in checkpoints) applied
 4. swap every conv not matched by the keep-real patterns for a :class:`BinaryConv2d`, its
    quantizers from the spec (``rules`` override them per module-name pattern);
 5. the activations of the neck and RPN: named by ``neck_activation`` (IDa-Det's PReLU after
-   every FPN conv and the RPN conv), or else every activation that would feed a binary conv's
-   sign is replaced (:func:`~detbin.binary.surgery.fix_activations_before_binary`).
+   every FPN conv and the RPN conv; LWS-Det's, with the RPN conv as BN -> conv -> BN -> PReLU),
+   or else every activation that would feed a binary conv's sign is replaced
+   (:func:`~detbin.binary.surgery.fix_activations_before_binary`).
 
 Deterministic given the detector config and the spec, so a checkpoint rebuilds its student.
 """
@@ -29,13 +30,14 @@ from torch import nn
 from detbin.binary import quantizers
 from detbin.binary.blocks import get_form
 from detbin.binary.layers import BinaryConv2d
+from detbin.binary.lws_blocks import LWSRPNConv
 from detbin.binary.surgery import binarize, fix_activations_before_binary, matches_any, set_submodule, unfreeze
 from detbin.core.errors import ConfigError, reject_unknown_keys
 from detbin.models.detector import Detector
 
-__all__ = ["BinarizeSpec", "apply_layout", "widen_fpn_laterals", "add_neck_activation"]
+__all__ = ["BinarizeSpec", "apply_layout", "widen_fpn_laterals", "add_neck_activation", "add_lws_neck"]
 
-_NECK_ACTIVATIONS = (None, "prelu")
+_NECK_ACTIVATIONS = (None, "prelu", "lws")
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ class BinarizeSpec:
         conv_bias: give every binary conv a real bias (zero-initialised) where the real one had
             none (IDa-Det's BiConv has one).
         neck_activation: ``prelu``: a PReLU after every FPN conv (laterals and outputs) and in
-            place of the RPN conv's ReLU (IDa-Det §2.1); None: activations found automatically.
+            place of the RPN conv's ReLU (IDa-Det §2.1); ``lws``: the same PReLUs, the RPN conv
+            between two BNs (LWS-Det §3.2); None: activations found automatically.
         activation_init: initial slope of those PReLUs (PyTorch's 0.25).
         extra: method-specific values a recipe records with the layout.
     """
@@ -140,6 +143,23 @@ def add_neck_activation(model: nn.Module, slope: float) -> None:
     conv_block[1] = prelu(conv_block[0])
 
 
+def add_lws_neck(model: nn.Module, slope: float) -> None:
+    """LWS-Det's neck and RPN (methods.md §3.2): FPN convs as IDa-Det's, the RPN conv ``BN -> conv -> BN -> PReLU``.
+
+    Raises:
+        ConfigError: not a Faster R-CNN with an FPN, or an RPN head with several convs (LWS-Det's has one).
+    """
+    if not (hasattr(model, "rpn") and hasattr(model.backbone, "fpn")):
+        raise ConfigError("binarize.neck_activation lws is LWS-Det's FPN and RPN (§3.2): it needs a Faster R-CNN "
+                          f"with an FPN, not a {type(model).__name__}")
+    convs = model.rpn.head.conv
+    if len(convs) != 1:
+        raise ConfigError(f"binarize.neck_activation lws: the RPN head has {len(convs)} convs, LWS-Det's (§3.2) "
+                          "has one (build the detector with torchvision's default RPNHead)")
+    add_neck_activation(model, slope)
+    convs[0] = LWSRPNConv(convs[0], slope)
+
+
 def _binary_conv(name: str, conv: nn.Conv2d, spec: BinarizeSpec) -> BinaryConv2d:
     activation, weight = spec.quantizers_for(name)
     binary = BinaryConv2d.from_conv(conv, quantizers.get(activation, channels=conv.in_channels),
@@ -162,7 +182,7 @@ def apply_layout(detector: Detector, spec: BinarizeSpec) -> list[str]:
         form.convert(model.get_submodule(detector.resnet_body), form.activation)
     if spec.fpn_lateral_kernel == 3:
         widen_fpn_laterals(model)
-    keep = (detector.keep_real if spec.default_keep_real else ()) + spec.keep_real
+    keep = (detector.keep_real + form.keep_real if spec.default_keep_real else ()) + spec.keep_real
 
     def choose(name: str, conv: nn.Conv2d) -> nn.Module | None:
         if matches_any(name, keep):
@@ -174,6 +194,8 @@ def apply_layout(detector: Detector, spec: BinarizeSpec) -> list[str]:
     swapped = binarize(model, choose)
     if spec.neck_activation == "prelu":
         add_neck_activation(model, spec.activation_init)
+    elif spec.neck_activation == "lws":
+        add_lws_neck(model, spec.activation_init)
     else:
         skip = [detector.resnet_body] if detector.resnet_body else []
         fix_activations_before_binary(model, form.activation, detector.dry_run, skip=skip)
