@@ -23,11 +23,12 @@ from torchvision.models.detection.ssd import SSD, SSDHead
 from torchvision.models.detection.ssdlite import SSDLiteHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from detbin.core.errors import CheckpointError
-from detbin.models import backbones
+from detbin.core.errors import CheckpointError, reject_unknown_keys
+from detbin.models import backbones, ssd_priors
 from detbin.models.config import DetectorConfig
 from detbin.models.families import DetectorFamily, register_family
 from detbin.models.heads import use_heads
+from detbin.models.roi_pool import MultiScaleRoIAlign
 
 __all__ = ["FPN_DEPTHS", "resnet_depth"]
 
@@ -57,6 +58,7 @@ def _build_fasterrcnn(cfg: DetectorConfig) -> nn.Module:
     max_size = cfg.input_size[1]
     return use_heads(FasterRCNN(
         backbone, num_classes=None, min_size=cfg.train_sizes, max_size=max_size, rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2),  # torchvision's, with a parallel CPU backward
         box_head=TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.representation_size),
         box_predictor=FastRCNNPredictor(cfg.representation_size, cfg.num_classes),
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
@@ -85,8 +87,11 @@ def _build_fcos(cfg: DetectorConfig) -> nn.Module:
 
 def _build_ssd300(cfg: DetectorConfig) -> nn.Module:
     backbone = backbones.ssd_vgg16_extractor(cfg.width_mult)
-    anchors = DefaultBoxGenerator([[2], [2, 3], [2, 3], [2, 3], [2], [2]],
-                                  scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05], steps=[8, 16, 32, 64, 100, 300])
+    reject_unknown_keys("detector.options of ssd300_vgg16", cfg.options, ("priors",))
+    # options.priors: ssd.pytorch's VOC or COCO priors (BiDet's real baseline: voc); unset: torchvision's
+    anchors = ssd_priors.default_boxes(cfg.options["priors"]) if "priors" in cfg.options else DefaultBoxGenerator(
+        [[2], [2, 3], [2, 3], [2, 3], [2], [2]], scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
+        steps=[8, 16, 32, 64, 100, 300])
     size = (cfg.input_size[0],) * 2
     channels = det_utils.retrieve_out_channels(backbone, size)
     head = SSDHead(channels, anchors.num_anchors_per_location(), cfg.num_classes)
