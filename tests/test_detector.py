@@ -94,4 +94,5 @@ def test_tiny_config_shrinks_width_images_and_proposals():
 def test_unknown_arch_lists_choices():
     with pytest.raises(ConfigError, match=r"unknown architecture 'fasterrcnn_resnet18'.*did you mean"):
         DetectorConfig(arch="fasterrcnn_resnet18")
-    assert len(all_archs()) == 16  # 14 torchvision + 2 detectron2
+    torchvision = {f"{f}_resnet{d}_fpn" for f in ("fasterrcnn", "retinanet", "fcos") for d in (18, 34, 50, 101)}
+    assert torchvision | {"ssd300_vgg16", "ssdlite320_mobilenet_v3_large", "detectron2_generalizedrcnn"} <= set(all_archs())
