@@ -171,10 +171,10 @@ def export_model(model: Path, formats: Sequence[str], folder: Path, image_size: 
     exported = Exported(folder=folder, source=str(model), kind=meta.get("kind", "teacher"), recipe=meta.get("recipe"),
                         image_size=size,  # type: ignore[arg-type]
                         versions={"torch": torch.__version__})
-    exported.accounted_bytes = profile(detector, image_size=(64, 64), rois=1).memory_bits // 8
     folder.mkdir(parents=True, exist_ok=True)
     student = deployed(detector)
     if "packed" in chosen or "openvino" in chosen:  # the OpenVINO folder runs its heads from the packed file
+        exported.accounted_bytes = profile(detector, image_size=(64, 64), rois=1).memory_bits // 8
         path = save_packed(detector, spec, folder / FILES["packed"], classes,
                            {"recipe": exported.recipe, "source": str(model), "kind": exported.kind})
         _check_packed(path, student)
