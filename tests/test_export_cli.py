@@ -45,6 +45,12 @@ def test_packed_export_into_a_run_folder(checkpoint, tmp_path):
     parts = size_breakdown(folder / "model.packed.safetensors")
     assert size == accounted + parts["bn_running"] + parts["header"]
     assert load_packed(folder / "model.packed.safetensors")[1]["classes"] == ["cat", "dog"]
+    # a packed file exports again (no plugin needed): the same architecture and tensors
+    assert invoke(folder / "model.packed.safetensors", "--name", "again").exit_code == 0
+    again = tmp_path / "runs/export/again/model.packed.safetensors"
+    first, second = load_packed(folder / "model.packed.safetensors"), load_packed(again)
+    assert first[1]["architecture"] == second[1]["architecture"] and second[1]["info"]["recipe"] == "ida-det"
+    assert all(torch.equal(v, second[0].model.state_dict()[k]) for k, v in first[0].model.state_dict().items())
 
 
 def test_onnx_is_labelled_the_float_simulation(checkpoint, tmp_path):

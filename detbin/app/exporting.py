@@ -29,7 +29,7 @@ from detbin.core.errors import ConfigError
 from detbin.cost.profile import profile
 from detbin.deploy import onnx_export, openvino_export
 from detbin.deploy.forms import ExportError, deployed
-from detbin.deploy.packed import load_packed, save_packed, size_breakdown
+from detbin.deploy.packed import is_packed, load_packed, save_packed, size_breakdown
 from detbin.models.detector import Detector
 from detbin.models.layout import BinarizeSpec
 
@@ -157,14 +157,19 @@ def _openvino(exported: Exported, student: Detector, folder: Path, threads: int)
 
 def export_model(model: Path, formats: Sequence[str], folder: Path, image_size: tuple[int, int] | None = None,
                  threads: int = 1) -> Exported:
-    """Export the model file ``model`` (a teacher or a student checkpoint) into ``folder``.
+    """Export the model file ``model`` (a teacher or student checkpoint, or a packed file) into ``folder``.
 
     Raises:
         ConfigError, ExportError, CheckpointError: an unknown format, a missing optional dependency, a
             model that cannot be exported or read (one line each).
     """
     chosen = check_formats(formats)
-    detector, meta = build.load_model(Path(model))
+    if Path(model).suffix == ".safetensors" and is_packed(Path(model)):  # re-export a packed file: no plugin needed
+        detector, header = load_packed(Path(model))
+        layout = header["architecture"]["binarize"]
+        meta = {**header["info"], "binarize": layout, "classes": header["classes"]}
+    else:
+        detector, meta = build.load_model(Path(model))
     spec = BinarizeSpec.from_dict(meta["binarize"]) if meta.get("binarize") else None
     classes = list(meta.get("classes") or [])
     size = tuple(image_size) if image_size else export_size(detector)

@@ -36,7 +36,8 @@ def _mb(n: float) -> str:
 @app.command("export", epilog=EXAMPLES)
 @handles_errors
 def export_command(
-    model: Annotated[Path, typer.Argument(help="A student or teacher checkpoint (a student needs its recipe plugin).")],
+    model: Annotated[Path, typer.Argument(help="A student or teacher checkpoint (a student needs its recipe plugin), "
+                                                "or a packed .safetensors file (needs nothing but detbin).")],
     formats: Annotated[list[str] | None, typer.Option(
         "--format", help="packed, onnx or openvino (repeatable; default packed).")] = None,
     image_size: Annotated[tuple[int, int] | None, typer.Option(
