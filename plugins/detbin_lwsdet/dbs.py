@@ -116,8 +116,13 @@ class DBSWeight(Quantizer):
 
     @torch.no_grad()
     def deploy(self, weight: Tensor) -> tuple[Tensor, Tensor]:
-        """``(signs in {-1, +1} of weight's shape, scale [O, 1, 1, 1])``; ``scale * signs`` is the forward."""
-        return sign(self._logits()).to(weight.dtype), self.scale().to(weight.dtype).clone()
+        """``(signs in {-1, +1} of weight's shape, scale [O, 1, 1, 1])``; ``scale * signs`` is the forward.
+
+        Before :meth:`init_from` (an export probing the spec's deploy form) the signs are those
+        ``init_from(weight)`` would start from, ``sign(weight)``.
+        """
+        signs = sign(weight) if self.beta_plus is None else sign(self._logits())
+        return signs.to(weight.dtype), self.scale().to(weight.dtype).clone()
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # A quantizer built without init_from (no logits yet) takes their shape from the checkpoint.

@@ -183,3 +183,10 @@ def test_profile_counts_a_dbs_conv_as_its_deployed_form():
     assert (cost.params_binary, cost.params_real) == (6 * 4 * 3 * 3, 6)
     assert cost.memory_bits == 216 + 32 * 6
     assert (cost.bops, cost.flops) == (6 * 6 * 6 * 4 * 3 * 3, 0)  # 6x6 outputs x 6 channels x 36 MACs, binary
+
+
+def test_a_quantizer_without_logits_deploys_to_the_signs_it_would_start_from():
+    w = torch.randn(3, 2, 3, 3)  # an export probes the spec's deploy form on a fresh quantizer
+    signs, scale = DBSWeight(3).deploy(w)
+    assert torch.equal(signs, torch.where(w >= 0, 1.0, -1.0)) and torch.equal(scale, torch.ones(3, 1, 1, 1))
+    assert torch.equal(dbs_from(w).deploy(w)[0], signs)

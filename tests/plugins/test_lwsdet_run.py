@@ -1,8 +1,12 @@
-"""lws-det through the CLI: both modes train and log every term; the student evaluates and profiles."""
+"""lws-det through the CLI: both modes train and log every term; the student evaluates, profiles and exports."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from detbin.config import recipes_dir
 from detbin.models.detector import build_detector
 
 SMOKE = str(recipes_dir() / "smoke" / "tiny_synthetic.yaml")
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 TERMS = {f"{t}_{w}" for t in ("ang", "amp", "w") for w in ("sum", "first", "mid", "last")}
 
@@ -52,3 +57,33 @@ def test_binarize_logs_every_term_and_the_student_evaluates_and_profiles(tmp_pat
     # each binary weight has a latent weight and two logits: only its sign counts, 1 bit; alpha counts as real
     assert (cost["params_binary"], cost["params_real"]) == (signs, everything - 3 * signs)
     assert cost["bops"] > 0
+    if mode == "joint":
+        exported_matches_without_the_plugin(run / "weights" / "best.pt", tmp_path, cost["memory_bits"] // 8)
+
+
+def exported_matches_without_the_plugin(best: Path, tmp_path: Path, accounted: int) -> None:
+    """``detbin export`` packs the searched signs and |alpha|; a process that cannot import the plugin loads them."""
+    exported = runner.invoke(app, ["export", str(best), "--name", "lws"])
+    assert exported.exit_code == 0, exported.stdout + exported.stderr
+    folder = tmp_path / "runs" / "export" / "lws"
+    assert json.loads((folder / "export.json").read_text())["accounted_bytes"] == accounted  # = profile's memory
+    student, _ = load_model(best)
+    image = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.save(student.model.backbone(image), tmp_path / "expected.pt")
+    torch.save(image, tmp_path / "image.pt")
+    script = (
+        "import sys, json, torch\n"
+        "sys.modules['detbin_lwsdet'] = None  # importing the training plugin fails\n"
+        "from detbin.deploy import load_packed\n"
+        f"det, _ = load_packed({str(folder / 'model.packed.safetensors')!r})\n"
+        f"expected, image = torch.load({str(tmp_path / 'expected.pt')!r}), torch.load({str(tmp_path / 'image.pt')!r})\n"
+        "with torch.no_grad():\n"
+        "    got = det.model.backbone(image)\n"
+        "print(json.dumps({'same': all(torch.equal(got[k], expected[k]) for k in expected),\n"
+        "                  'dbs': any(type(m).__name__ == 'DBSWeight' for m in det.model.modules())}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"same": True, "dbs": False}
