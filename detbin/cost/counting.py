@@ -113,17 +113,22 @@ def _parent(name: str) -> str | None:
     return name.rsplit(".", 1)[0] if "." in name else ("" if name else None)
 
 
-@contextlib.contextmanager
-def _quiet_plain_kernels() -> Iterator[None]:
-    """No autograd, no warnings, and ATen's own convolutions instead of oneDNN's.
+# fvcore's trace runs the part once for real. oneDNN JIT-compiles a kernel for every new conv
+# shape: on a small part that costs more than it saves (about 2x on the tiny FPN detectors),
+# on a large one its kernels win by far (3x on R50-FPN at 800x800, where the trace dominated
+# the profile's time). The cheap meta-tensor count, made first, tells which part is which.
+ONEDNN_MIN_MACS = 20e9
 
-    oneDNN JIT-compiles a kernel for every new conv shape; for one pass over a model that
-    costs more than it saves (about 2x on the FPN detectors on two CPU cores). Counts depend
-    on shapes only, so the kernel choice cannot change them.
+
+@contextlib.contextmanager
+def _quiet_kernels(macs: int = 0) -> Iterator[None]:
+    """No autograd, no warnings; ATen's own convolutions below ``ONEDNN_MIN_MACS``, oneDNN's above.
+
+    Counts depend on shapes only, so the kernel choice cannot change them.
     """
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings; mkldnn.flags warns about TF32 on CPU builds
-        with torch.backends.mkldnn.flags(enabled=False):
+        with torch.backends.mkldnn.flags(enabled=macs >= ONEDNN_MIN_MACS):
             yield
 
 
@@ -136,15 +141,18 @@ def _count_dispatch(part: _Part, inputs: list[Tensor]) -> tuple[dict[str, int], 
             outputs = functional_call(part, state, tuple(meta))
     except Exception as exc:  # noqa: BLE001 - a missing meta kernel raises many types; real tensors tell
         log.info("FlopCounterMode on meta tensors failed (%s); counting on real tensors", exc)
-        with _quiet_plain_kernels(), FlopCounterMode(display=False) as counter:
+        with _quiet_kernels(), FlopCounterMode(display=False) as counter:
             outputs = part(*inputs)
         outputs = tuple(torch.empty_like(o, device="meta") for o in outputs)
     per_module = {k: sum(v.values()) // 2 for k, v in counter.get_flop_counts().items() if k != "Global"}
     return _own(per_module, type(part).__name__), outputs
 
 
-def _count_fvcore(part: _Part, inputs: list[Tensor]) -> tuple[dict[str, int], Counter[str]]:
-    """fvcore MACs per module and the calls of every op it did not count, by op name."""
+def _count_fvcore(part: _Part, inputs: list[Tensor], macs: int = 0) -> tuple[dict[str, int], Counter[str]]:
+    """fvcore MACs per module and the calls of every op it did not count, by op name.
+
+    ``macs``: the part's MACs as the meta-tensor count found them (picks the conv kernels).
+    """
     with warnings.catch_warnings():  # fvcore.nn scripts a loss at import; torch warns about it
         warnings.simplefilter("ignore")
         from fvcore.nn import FlopCountAnalysis
@@ -160,7 +168,7 @@ def _count_fvcore(part: _Part, inputs: list[Tensor]) -> tuple[dict[str, int], Co
     analysis = FlopCountAnalysis(part, tuple(inputs))
     analysis.set_op_handle(**{op: listing(op) for op in _LISTED_OPS})
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    with _quiet_plain_kernels():
+    with _quiet_kernels(macs):
         totals = dict(analysis.by_module())
     listed.update(analysis.unsupported_ops())
     names: Counter[str] = Counter()
@@ -184,7 +192,7 @@ def count(module: nn.Module, run: Callable[..., Any], inputs: list[Tensor]) -> C
     part = _Part(module, run)
     check, outputs = _count_dispatch(part, inputs)
     try:
-        macs, not_counted = _count_fvcore(part, inputs)
+        macs, not_counted = _count_fvcore(part, inputs, sum(check.values()))
         counter = "fvcore"
     except Exception as exc:  # noqa: BLE001 - JIT tracing fails in many ways; fall back, say why
         log.warning("fvcore could not trace this part (%s: %s); using FlopCounterMode", type(exc).__name__, exc)
