@@ -13,7 +13,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plot_results", "plot_pr_curves"]
+__all__ = ["plot_results", "result_panels", "plot_pr_curves"]
 
 
 def _records(jsonl: Path) -> list[dict]:
@@ -22,15 +22,36 @@ def _records(jsonl: Path) -> list[dict]:
     return [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
 
 
+_NOT_PLOTTED = {"iteration", "epoch", "global_step", "phase", "lr", "seconds_per_iter"}
+
+
+def _numeric(record: dict, key: str) -> bool:
+    return isinstance(record.get(key), (int, float)) and not isinstance(record.get(key), bool)
+
+
+def result_panels(records: list[dict]) -> tuple[list[str], list[str]]:
+    """``(step quantities, metrics)`` of ``metrics.jsonl`` records, each named once.
+
+    Step rows (they carry ``seconds_per_iter``) give every loss term and recipe value (IDa-Det's
+    ``pairs``, ``selected``, ``sigma`` ...); evaluation rows give the metrics. The step rows repeat
+    the latest scores (as results.csv columns); those are plotted from the evaluations only.
+    """
+    steps = [r for r in records if "seconds_per_iter" in r]
+    evals = [r for r in records if "seconds_per_iter" not in r]
+    metrics = sorted({k for r in evals for k in r if k not in _NOT_PLOTTED and _numeric(r, k)})
+    losses = sorted({k for r in steps for k in r if k not in _NOT_PLOTTED and k not in metrics and _numeric(r, k)},
+                    key=lambda k: (k != "total", k))
+    return losses, metrics
+
+
 def plot_results(jsonl: Path, png: Path) -> Path | None:
-    """``results.png``: every loss term, the learning rate and the test metrics per iteration."""
+    """``results.png``: one panel per logged quantity (:func:`result_panels`) and the learning rate."""
     records = _records(Path(jsonl))
-    steps = [r for r in records if "total" in r]
-    evals = [r for r in records if "total" not in r]
+    steps = [r for r in records if "seconds_per_iter" in r]
+    evals = [r for r in records if "seconds_per_iter" not in r]
     if not steps:
         return None
-    losses = sorted({k for r in steps for k in r if "/" in k or k == "total"})
-    metrics = sorted({k for r in evals for k in r if k not in ("iteration", "epoch")})
+    losses, metrics = result_panels(records)
     panels = losses + ["lr"] + metrics
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
