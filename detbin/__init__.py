@@ -44,6 +44,7 @@ _EXPORTS = {
     "VocMAP": "detbin.evaluation.metrics", "CocoMAP": "detbin.evaluation.coco",
     "run_evaluation": "detbin.evaluation.inference", "SyntheticDetection": "detbin.data.synthetic",
     "DetbinError": "detbin.core.errors", "ConfigError": "detbin.core.errors",
+    "LocationSampler": "detbin.models.location", "inference_form": "detbin.models.location",
 }
 _ALIASES = {"quantizer": "get"}  # the public name of a function whose module spells it shorter
 

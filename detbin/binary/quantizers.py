@@ -21,7 +21,7 @@ from detbin.core.errors import ConfigError, close_matches
 
 __all__ = [
     "Quantizer", "Identity", "SignSTE", "ApproxSign", "RSign", "ScaledSign", "LearnedScaleSign", "DeployedSign",
-    "sign", "clipped_ste", "get", "names", "register_quantizer",
+    "ZeroSignApprox", "sign", "clipped_ste", "get", "names", "register_quantizer",
 ]
 
 
@@ -124,6 +124,23 @@ class ApproxSign(Quantizer):
     def forward(self, x: Tensor) -> Tensor:
         surrogate = approx_sign_surrogate(x)
         return (sign(x) - surrogate).detach() + surrogate
+
+
+class ZeroSignApprox(Quantizer):
+    """``torch.sign`` forward (0 at exactly 0) with the ApproxSign backward (methods.md §1.1-1.2).
+
+    Why a second sign: detbin's :func:`sign` maps 0 to +1, which is measure-zero everywhere except
+    behind a ReLU. BiDet's SSD has one binary conv fed by a ReLU (``extras.0`` reads
+    ``ReLU(BN(conv7))``): the release's ``torch.sign`` binarizes that input to {0, +1}, while
+    :func:`sign` would make it a constant +1 and cut sources 3-6 off from the image. The input is
+    still one bit per activation ({0, 1}: an AND-popcount instead of XNOR at deployment).
+    """
+
+    bits = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        surrogate = approx_sign_surrogate(x)
+        return (torch.sign(x) - surrogate).detach() + surrogate
 
 
 class RSign(Quantizer):
@@ -264,6 +281,7 @@ _REGISTRY: dict[str, tuple[Callable[..., Quantizer], bool]] = {
     "identity": (Identity, False),
     "sign": (SignSTE, False),
     "approx_sign": (ApproxSign, False),
+    "zero_sign_approx": (ZeroSignApprox, False),
     "rsign": (RSign, True),
     "scaled_sign": (ScaledSign, False),
     "learned_scale_sign": (LearnedScaleSign, True),

@@ -54,6 +54,11 @@ class DetectorFamily:
         adapter: ``(model, config) -> Detector``; None means
             :class:`~detbin.models.detector.TorchvisionDetector`.
         description: one line for ``detbin detectors``.
+        transfer: ``(model, teacher) -> names | None``: initialise a freshly built ``model`` of this
+            family from a real ``teacher`` Detector of another architecture (weights copied by role
+            and shape along a documented table; returns the parameter names set from the teacher,
+            or None when there is no mapping from the teacher's architecture). Used for a student
+            of another architecture without ``student.init`` (BiDet's students of a real SSD300).
     """
 
     name: str
@@ -66,6 +71,7 @@ class DetectorFamily:
     resnet_body: str | None = None
     adapter: Callable[..., Any] | None = None
     description: str = ""
+    transfer: Callable[[nn.Module, Any], list[str] | None] | None = None
 
     def __post_init__(self) -> None:
         bad = [a for a in self.archs if not a.startswith(self.name + "_")]

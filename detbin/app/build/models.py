@@ -21,6 +21,7 @@ from detbin.core.errors import CheckpointError, ConfigError
 from detbin.models import checkpoint
 from detbin.models.config import DetectorConfig
 from detbin.models.detector import Detector, build_detector
+from detbin.models.families import family_of
 from detbin.models.layout import BinarizeSpec
 from detbin.training import plugins
 from detbin.training.recipe import Recipe
@@ -31,7 +32,8 @@ __all__ = ["SHAPE_FIELDS", "Models", "build_recipe", "layout_spec", "build_model
 
 log = logging.getLogger(__name__)
 
-SHAPE_FIELDS = ("arch", "num_classes", "width_mult", "fpn_channels", "representation_size")
+# ``options`` are architecture too (BiDet's form, the SSD priors): a teacher keeps its own
+SHAPE_FIELDS = ("arch", "num_classes", "width_mult", "fpn_channels", "representation_size", "options")
 
 
 def build_recipe(config: RunConfig, source: str) -> Recipe:
@@ -132,9 +134,16 @@ def student_base(teacher: Detector, section: dict[str, Any] | None, init: Path |
                           f"{teacher.config.num_classes}")
     config = merge_detector(teacher.config, section)
     if init is None:
-        log.warning("student %s differs from the teacher (%s) and has no student.init: random initialisation",
-                    config.arch, teacher.config.arch)
-        return build_detector(config)
+        student = build_detector(config)
+        transfer = family_of(config.arch).transfer  # a documented teacher -> student table (BiDet's students)
+        loaded = transfer(student.model, teacher) if transfer is not None else None
+        if loaded is None:
+            log.warning("student %s differs from the teacher (%s) and has no student.init: random initialisation",
+                        config.arch, teacher.config.arch)
+        else:
+            log.info("student %s initialised from the teacher %s: %d tensors copied by role and shape",
+                     config.arch, teacher.config.arch, len(loaded))
+        return student
     source_model, _ = checkpoint.load_detector(Path(init), config.arch)
     student = build_detector(config)
     checkpoint.load_state(student, source_model.model.state_dict(), str(init))
