@@ -1,8 +1,10 @@
 """What every command shares: the typer app, the consoles, common options, one-line errors.
 
 Known errors (:class:`~detbin.core.errors.DetbinError`) print one red line on stderr and exit 1;
-``DETBIN_DEBUG=1`` shows the traceback instead. torch is imported inside commands only, so
-``detbin --help`` is fast.
+so does an ``OSError`` that names a file (a full disk, a read-only folder) which no layer below
+turned into a ``DetbinError``. ``DETBIN_DEBUG=1`` shows the traceback instead. Messages are printed
+as literal text, never as rich markup: they carry paths and data (``[x, y, width, height]``, a
+folder called ``[red]``). torch is imported inside commands only, so ``detbin --help`` is fast.
 """
 
 from __future__ import annotations
@@ -17,15 +19,20 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from detbin.core.errors import DetbinError, TrainingInterrupted
+from detbin.core.errors import DetbinError, TrainingInterrupted, os_error_message
 
-__all__ = ["app", "recipes_app", "data_app", "out", "err", "handles_errors", "interactive", "fmt_ap"]
+__all__ = ["app", "recipes_app", "data_app", "out", "err", "handles_errors", "one_line", "interactive", "fmt_ap"]
 
+# Plain (click) help: typer's rich panels print a "<bool>" metavar beside every flag, --help included.
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="Turn real-valued object detectors into 1-bit students.")
-recipes_app = typer.Typer(help="Installed recipes and their shipped YAML files.", invoke_without_command=True)
-data_app = typer.Typer(help="Data sets: the embedded synthetic benchmark.", no_args_is_help=True)
+recipes_app = typer.Typer(help="Installed recipes and their shipped YAML files.", invoke_without_command=True,
+                          rich_markup_mode=None)
+data_app = typer.Typer(help="Data sets: the embedded synthetic benchmark.", no_args_is_help=True,
+                       rich_markup_mode=None)
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(data_app, name="data")
 
@@ -45,19 +52,33 @@ NameOpt = Annotated[str | None, typer.Option("--name", help="Run folder name (au
 ExistOkOpt = Annotated[bool, typer.Option("--exist-ok", help="Reuse the run folder if it exists.")]
 
 
+def one_line(label: str, style: str, message: object) -> Text:
+    """``label message`` as literal text (no markup parsing), folded onto one line."""
+    text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    return Text.assemble((label, style), " ", text)
+
+
 def handles_errors(fn: F) -> F:
-    """Turn DetbinError into one line on stderr and exit code 1 (traceback with DETBIN_DEBUG=1)."""
+    """Turn DetbinError (and OSError naming a file) into one line on stderr and exit code 1.
+
+    ``DETBIN_DEBUG=1`` re-raises, showing the traceback.
+    """
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except TrainingInterrupted as exc:  # Ctrl-C: state saved, leave like an interrupted program
-            err.print(f"[bold yellow]interrupted:[/] {exc}", soft_wrap=True)
+            err.print(one_line("interrupted:", "bold yellow", exc), soft_wrap=True)
             raise typer.Exit(130) from None
-        except DetbinError as exc:
-            if os.environ.get("DETBIN_DEBUG") == "1":
-                raise
-            err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        except KeyboardInterrupt:  # Ctrl-C outside training (eval, profile): nothing to save
+            err.print(one_line("interrupted:", "bold yellow", "stopped by Ctrl-C"), soft_wrap=True)
+            raise typer.Exit(130) from None
+        except (DetbinError, OSError) as exc:
+            known = isinstance(exc, DetbinError)
+            if os.environ.get("DETBIN_DEBUG") == "1" or not (known or exc.filename is not None):
+                raise  # an OSError without a file is not about the user's paths: a bug, show it
+            message = exc if known else os_error_message(exc)
+            err.print(one_line("error:", "bold red", message), soft_wrap=True)
             raise typer.Exit(1) from None
     return wrapper  # type: ignore[return-value]
 
