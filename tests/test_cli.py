@@ -112,7 +112,7 @@ def test_corrupt_teacher_file(tmp_path):
     path.write_bytes(b"this is not a checkpoint")
     result = invoke("binarize", "--recipe", "reactnet", "--config", SMOKE, "--teacher", str(path),
                     "--project", str(tmp_path))
-    assert_one_line_error(result, "corrupt.pt: not a readable PyTorch checkpoint")
+    assert_one_line_error(result, "corrupt.pt: is not a PyTorch checkpoint")
 
 
 def test_state_dict_of_no_known_architecture(tmp_path):

@@ -144,9 +144,16 @@ def student_base(teacher: Detector, section: dict[str, Any] | None, init: Path |
             log.info("student %s initialised from the teacher %s: %d tensors copied by role and shape",
                      config.arch, teacher.config.arch, len(loaded))
         return student
-    source_model, _ = checkpoint.load_detector(Path(init), config.arch)
+    where = f"{init} (student.init of {source})"
+    source_model, _ = checkpoint.load_detector(Path(init))  # its own shapes, checked against the section below
+    if source_model.config.arch != config.arch:
+        raise ConfigError(f"{where}: holds {source_model.config.arch} weights, but the detector section makes a "
+                          f"{config.arch} student; give student.init a real-valued checkpoint of {config.arch}")
     student = build_detector(config)
-    checkpoint.load_state(student, source_model.model.state_dict(), str(init))
+    shape = ", ".join(f"{k} {getattr(config, k)}" for k in SHAPE_FIELDS if k != "arch")
+    checkpoint.load_state(student, source_model.model.state_dict(), where,
+                          f"student.init must have the student's shapes ({shape}); give a checkpoint of that model "
+                          "or change the detector section to its shapes")
     return student
 
 
@@ -170,12 +177,19 @@ def load_model(path: Path, arch: str | None = None) -> tuple[Detector, dict[str,
     data = checkpoint.read(Path(path))
     if data.get("format") != checkpoint.FORMAT or data.get("kind") != "student":
         return checkpoint.load_detector(Path(path), arch)
-    config = DetectorConfig.from_dict(data["detector"])
+    checkpoint.require(data, Path(path), {"detector": dict, "binarize": dict, "model": dict})
     recipe_cls = plugins.load_installed(data.get("recipe"), str(path))  # never an import string from a file
     params = validate_params(recipe_cls.Params, data.get("recipe_params") or {}, f"{path} (recipe_params)")
-    detector = build_detector(config)
-    recipe_cls(params).binarize(detector, BinarizeSpec.from_dict(data["binarize"]))
-    checkpoint.load_state(detector, data["model"], str(path))
+    try:
+        config = DetectorConfig.from_dict(data["detector"])
+        spec = BinarizeSpec.from_dict(data["binarize"])
+        detector = build_detector(config)
+    except ConfigError as exc:  # the message names the section ("detector: unknown key(s) ..."), add the file
+        raise CheckpointError(f"{path}: {exc}") from None
+    recipe_cls(params).binarize(detector, spec)
+    checkpoint.load_state(detector, data["model"], str(path),
+                          f"its 'detector' and 'binarize' fields (arch {config.arch}) do not describe its 'model' "
+                          "weights; the file was edited or damaged, re-save it from its run folder")
     detector.model.eval()
     return detector, {k: v for k, v in data.items() if k not in ("model", "recipe_state", "trainer")}
 
