@@ -71,7 +71,11 @@ class StudentSection(_Strict):
 
 
 class DataSplit(_Strict):
-    """One split: ``voc`` (a VOC-layout folder), ``coco`` or in-memory ``synthetic``."""
+    """One split: ``voc`` (a VOC-layout folder), ``coco`` or in-memory ``synthetic``.
+
+    ``allow_outside_root``: open image paths from the annotation files (a COCO ``file_name``, a
+    VOC split entry) that lead outside ``root`` (absolute, or with ``..``); refused by default.
+    """
 
     source: Literal["voc", "coco", "synthetic"] = "voc"
     root: str | None = None
@@ -81,15 +85,13 @@ class DataSplit(_Strict):
     size: int | None = Field(default=None, ge=1)
     seed: int = 0
     offset: int = 0
+    allow_outside_root: bool = False
 
 
 class DataSection(_Strict):
-    """``augment``: training augmentation, ``none`` (flips only) or ``ssd`` (ssd.pytorch's pipeline)."""
-
     train: DataSplit = DataSplit()
     test: DataSplit = DataSplit(split="test")
     flip: float = Field(default=0.5, ge=0, le=1)
-    augment: Literal["none", "ssd"] = "none"
 
 
 class OptimizerSection(_Strict):

@@ -6,12 +6,12 @@ COCO boxes are ``[x, y, width, height]`` in continuous pixels, which is detbin's
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from detbin.core.errors import DataError
+from detbin.data.files import read_json
 
 __all__ = ["build_instances", "load_instances", "xyxy_to_xywh"]
 
@@ -46,19 +46,33 @@ def build_instances(
 
 
 def load_instances(path: Path) -> dict[str, Any]:
-    """Read and minimally validate a COCO instances file.
+    """Read a COCO instances file and check its shape: a mapping whose ``images``, ``annotations``
+    and ``categories`` are lists of mappings.
 
     Raises:
-        DataError: missing file, invalid JSON (e.g. truncated), or missing top-level keys.
+        DataError: missing file, not UTF-8, invalid JSON (e.g. truncated), missing top-level keys,
+            or a value of the wrong type (the first one is named with its index).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such COCO annotation file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); the file may be truncated") from None
+    data = read_json(path, "COCO annotation file")
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: holds a JSON {_json_type(data)}, not a COCO instances object "
+                        '{"images": [...], "annotations": [...], "categories": [...]}')
     missing = [k for k in ("images", "annotations", "categories") if k not in data]
     if missing:
         raise DataError(f"{path}: not a COCO instances file (missing {', '.join(missing)})")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data[key], list):
+            raise DataError(f"{path}: '{key}' is a JSON {_json_type(data[key])}, not a list of objects")
+        for n, entry in enumerate(data[key]):
+            if not isinstance(entry, dict):
+                raise DataError(f"{path}: {key}[{n}] is a JSON {_json_type(entry)} ({str(entry)[:60]}), not an object")
     return data
+
+
+def _json_type(value: Any) -> str:
+    """JSON's name for the type of a parsed value."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from detbin.data import coco
 from detbin.data.datasets import load_image
+from detbin.data.files import inside_root
 from detbin.core.errors import DataError
 from detbin.core.types import Target
 
@@ -72,12 +73,34 @@ def _image_folder(root: Path, split: str, names: Sequence[str], json_path: Path)
                     f"{root / split} (COCO layout) or {root / 'JPEGImages'}")
 
 
-def _check_entries(data: dict[str, Any], path: Path) -> None:
-    for key, fields in (("images", ("id", "file_name")), ("categories", ("id",))):
-        for n, entry in enumerate(data[key]):
-            if not isinstance(entry, dict) or any(f not in entry for f in fields) or not isinstance(entry["id"], int):
-                needs = "an integer 'id' and a 'file_name'" if key == "images" else "an integer 'id'"
-                raise DataError(f"{path}: {key}[{n}] needs {needs} (got {str(entry)[:80]})")
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_entries(data: dict[str, Any], path: Path, allow_outside: bool) -> None:
+    """Every image and category has an integer id, every image a file name inside the root and
+    positive sizes, every annotation integer image and category ids (all before any image is read)."""
+    for n, entry in enumerate(data["images"]):
+        if not (_is_int(entry.get("id")) and isinstance(entry.get("file_name"), str)):
+            raise DataError(f"{path}: images[{n}] needs an integer 'id' and a 'file_name' (a string) "
+                            f"(got {str(entry)[:80]})")
+        inside_root(entry["file_name"], f"{path}: images[{n}].file_name", allow_outside)
+        for key in ("width", "height"):
+            if key in entry and not (_is_number(entry[key]) and entry[key] > 0):
+                raise DataError(f"{path}: images[{n}].{key} is {entry[key]!r}; it must be a positive number of pixels")
+    for n, entry in enumerate(data["categories"]):
+        if not _is_int(entry.get("id")):
+            raise DataError(f"{path}: categories[{n}] needs an integer 'id' (got {str(entry)[:80]})")
+    for n, ann in enumerate(data["annotations"]):
+        for key in ("image_id", "category_id"):
+            if not _is_int(ann.get(key)):
+                raise DataError(f"{path}: annotations[{n}].{key} is {str(ann.get(key))[:40]}; COCO ids are integers")
+        if "area" in ann and not _is_number(ann["area"]):
+            raise DataError(f"{path}: annotations[{n}].area is {str(ann['area'])[:40]}; it must be a number")
 
 
 def _bbox(ann: dict[str, Any], path: Path) -> list[float]:
@@ -102,17 +125,21 @@ class CocoDetection(Dataset):
         root: data root (see the module docstring).
         split: split name, e.g. ``val2017`` or ``test``.
         annotations: the instances JSON, if not ``root/annotations/instances_<split>.json``.
+        allow_outside_root: open ``file_name`` values that lead outside the root (absolute
+            paths, ``..``); refused by default (:func:`~detbin.data.files.inside_root`).
 
     Raises:
-        DataError: missing or invalid JSON, an annotation of an unknown image or category, a
-            malformed box, or images listed but missing from the folder.
+        DataError: missing or invalid JSON, an entry of the wrong type, an annotation of an
+            unknown image or category, a malformed box, a file name outside the root, or images
+            listed but missing from the folder.
     """
 
-    def __init__(self, root: Path, split: str, annotations: str | Path | None = None) -> None:
+    def __init__(self, root: Path, split: str, annotations: str | Path | None = None,
+                 allow_outside_root: bool = False) -> None:
         self.root, self.split = Path(root), split
         self.path = annotation_path(self.root, split, annotations)
         data = coco.load_instances(self.path)
-        _check_entries(data, self.path)
+        _check_entries(data, self.path, allow_outside_root)
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.category_ids: tuple[int, ...] = tuple(c["id"] for c in categories)
         self.classes: tuple[str, ...] = tuple(str(c.get("name", c["id"])) for c in categories)

@@ -21,7 +21,8 @@ from detbin.data import voc
 from detbin.core.errors import DataError
 from detbin.core.types import Target
 
-__all__ = ["VocDetection", "ConcatDetection", "HorizontalFlip", "TrainView", "collate", "load_image"]
+__all__ = ["VocDetection", "ConcatDetection", "HorizontalFlip", "TrainView", "collate", "load_image",
+           "check_annotations"]
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,20 @@ class VocDetection(Dataset):
         split: image set name (``train``, ``val``, ``trainval``, ``test``).
         year: ``VOC2007``/``VOC2012`` to pick a sub-folder of a ``VOCdevkit``.
         classes: class names; default ``labels.txt`` of the root, else VOC's 20.
+        allow_outside_root: accept split entries that lead outside the root (``../x``); refused
+            by default (:func:`~detbin.data.files.inside_root`).
 
     Item ``i`` is ``(image, target)`` with ``target["difficult"]`` kept: metrics need it;
-    :class:`TrainView` drops difficult objects for training.
+    :class:`TrainView` drops difficult objects for training. Annotations are parsed on first
+    use; :func:`check_annotations` parses them all up front.
     """
 
-    def __init__(self, root: Path, split: str, year: str | None = None, classes: Sequence[str] | None = None) -> None:
+    def __init__(self, root: Path, split: str, year: str | None = None, classes: Sequence[str] | None = None,
+                 allow_outside_root: bool = False) -> None:
         self.root = voc.find_root(Path(root), year)
         self.split = split
         self.classes = tuple(classes) if classes else voc.read_classes(self.root)
-        self.stems = voc.read_split(self.root, split)
+        self.stems = voc.read_split(self.root, split, allow_outside_root)
         self._index = {name: i + 1 for i, name in enumerate(self.classes)}
         self._annotations: dict[int, voc.VocAnnotation] = {}
         expected = voc.EXPECTED_SPLIT_SIZES.get((self.root.name, split))
@@ -104,6 +109,29 @@ class VocDetection(Dataset):
             raise DataError(f"{self.root}/JPEGImages/{self.stems[i]}.jpg is {image.shape[2]}x{image.shape[1]} but its "
                             f"annotation says {ann.width}x{ann.height}")
         return image, target
+
+
+def check_annotations(dataset: Dataset, count: int | None = None) -> None:
+    """Parse the annotations of the first ``count`` items (all by default) and check that their images
+    exist, so a malformed file fails before any training or inference, not after image 300.
+
+    Sources that parse everything when opened (COCO JSON, the in-memory synthetic set) pass as they are.
+
+    Raises:
+        DataError: the first malformed or missing annotation, unknown class or missing image.
+    """
+    if isinstance(dataset, ConcatDataset):
+        for part in dataset.datasets:
+            check_annotations(part)
+        return
+    if not isinstance(dataset, VocDetection):
+        return
+    for i in range(len(dataset) if count is None else min(count, len(dataset))):
+        dataset.target(i)
+        image = dataset.root / "JPEGImages" / f"{dataset.stems[i]}.jpg"
+        if not image.is_file():
+            raise DataError(f"{image}: image file is missing (listed in split {dataset.split!r} of {dataset.root}); "
+                            "restore it or remove it from the split file")
 
 
 class ConcatDetection(ConcatDataset):

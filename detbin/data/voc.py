@@ -7,6 +7,7 @@ VOC boxes are 1-based inclusive pixel indices ``xmin..xmax``. detbin's continuou
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -15,6 +16,7 @@ from defusedxml import ElementTree
 from defusedxml.common import DefusedXmlException
 
 from detbin.core.errors import DataError
+from detbin.data.files import inside_root, read_text
 
 __all__ = [
     "VOC_CLASSES", "VocObject", "VocAnnotation", "parse_annotation", "write_annotation", "find_root",
@@ -74,9 +76,12 @@ def _text(node, tag: str, path: Path, required: bool = True) -> str | None:
 def _number(node, tag: str, path: Path) -> float:
     value = _text(node, tag, path)
     try:
-        return float(value)  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]
     except ValueError:
         raise DataError(f"{path}: <{tag}> is {value!r}, not a number") from None
+    if not math.isfinite(number):  # float() accepts "nan", "inf" and overflows "1e999" to inf
+        raise DataError(f"{path}: <{tag}> is {value!r}, not a finite number; write the pixel value")
+    return number
 
 
 def parse_annotation(path: Path) -> VocAnnotation:
@@ -94,6 +99,8 @@ def parse_annotation(path: Path) -> VocAnnotation:
     if size is None:
         raise DataError(f"{path}: <size> is missing; VOC annotations need <size><width/><height/></size>")
     width, height = int(_number(size, "width", path)), int(_number(size, "height", path))
+    if width <= 0 or height <= 0:
+        raise DataError(f"{path}: <size> is {width}x{height}; an image needs a positive <width> and <height>")
     objects = []
     for obj in root.findall("object"):
         name = _text(obj, "name", path)
@@ -151,20 +158,27 @@ def find_root(path: Path, year: str | None = None) -> Path:
                     "point --data at VOCdevkit/VOC2007 or make one with `detbin data synthetic --out DIR`")
 
 
-def read_split(root: Path, split: str) -> list[str]:
-    """Image stems listed in ``ImageSets/Main/<split>.txt``."""
+def read_split(root: Path, split: str, allow_outside: bool = False) -> list[str]:
+    """Image stems listed in ``ImageSets/Main/<split>.txt``.
+
+    A stem names ``JPEGImages/<stem>.jpg`` and ``Annotations/<stem>.xml``; one that leads outside
+    the root (``../../etc/passwd``) is refused unless ``allow_outside``
+    (:func:`~detbin.data.files.inside_root`).
+    """
     path = root / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
         available = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt") if "_" not in p.stem)
         raise DataError(f"{path}: no such split; available: {', '.join(available) or 'none'}")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    lines = read_text(path, "VOC image set file").splitlines()
+    return [inside_root(line.split()[0], f"{path}:{n}", allow_outside) for n, line in enumerate(lines, start=1)
+            if line.strip()]
 
 
 def read_classes(root: Path) -> tuple[str, ...]:
     """Class names: ``labels.txt`` in the root if present (synthetic and custom sets), else VOC's 20."""
     labels = root / "labels.txt"
     if labels.is_file():
-        names = tuple(line.strip() for line in labels.read_text().splitlines() if line.strip())
+        names = tuple(line.strip() for line in read_text(labels, "class list").splitlines() if line.strip())
         if not names:
             raise DataError(f"{labels}: empty; write one class name per line")
         return names

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from detbin.core.errors import DataError
+from detbin.data.files import read_json, read_text
 from detbin.core.types import Detections
 
 __all__ = ["ImageIndex", "to_coco_results", "write_coco_results", "read_coco_results", "write_voc_results",
@@ -96,12 +98,7 @@ def write_coco_results(path: Path, detections: Sequence[Detections], index: Imag
 def _load_json_list(path: Path) -> list:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes); it holds no detections, re-run the evaluation that wrote it")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); the file may be truncated") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a text file; expected a COCO results JSON list") from None
+    data = read_json(path, "COCO results file")
     if isinstance(data, dict) and "annotations" in data:
         raise DataError(f"{path}: is a COCO instances (ground-truth) file; --detections needs a results list "
                         "[{image_id, category_id, bbox, score}, ...]")
@@ -114,15 +111,20 @@ def _load_json_list(path: Path) -> list:
     return data
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _entry(n: int, entry: object, path: Path) -> tuple[int, int, list[float], float]:
     ok = isinstance(entry, dict) and {"image_id", "category_id", "bbox", "score"} <= set(entry)
     if ok:
         box, score = entry["bbox"], entry["score"]  # type: ignore[index]
         ok = (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
-              and isinstance(score, (int, float)))
+              and isinstance(score, (int, float)) and _is_int(entry["image_id"])  # type: ignore[index]
+              and _is_int(entry["category_id"]))  # type: ignore[index]
     if not ok:
-        raise DataError(f"{path}: entry {n} is {str(entry)[:100]}; each needs image_id, category_id, "
-                        "bbox [x, y, w, h] and score (numbers)")
+        raise DataError(f"{path}: entry {n} is {str(entry)[:100]}; each needs image_id and category_id "
+                        "(integers), bbox [x, y, w, h] and score (numbers)")
     if box[2] < 0 or box[3] < 0:
         raise DataError(f"{path}: entry {n} has bbox {box} with a negative width or height (COCO boxes are x, y, w, h)")
     return entry["image_id"], entry["category_id"], box, float(score)  # type: ignore[index]
@@ -203,7 +205,7 @@ def read_voc_results(folder: Path, index: ImageIndex) -> list[Detections]:
     files = _voc_files(folder, index)
     for name, path in files.items():
         label = index.classes.index(name) + 1
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
+        for n, line in enumerate(read_text(path, "VOC results file").splitlines(), start=1):
             parts = line.split()
             if not parts:
                 continue
@@ -211,8 +213,8 @@ def read_voc_results(folder: Path, index: ImageIndex) -> list[Detections]:
                 values = [float(v) for v in parts[1:]]
             except ValueError:
                 values = []
-            if len(values) != 5:
-                raise DataError(f"{path}:{n}: {line[:80]!r} is not 'stem score xmin ymin xmax ymax'")
+            if len(values) != 5 or not all(math.isfinite(v) for v in values):
+                raise DataError(f"{path}:{n}: {line[:80]!r} is not 'stem score xmin ymin xmax ymax' (finite numbers)")
             if parts[0] not in stem_pos:
                 raise DataError(f"{path}:{n}: image {parts[0]!r} is not in split {index.split!r} of {index.source}")
             image.append(stem_pos[parts[0]])

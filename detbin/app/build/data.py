@@ -17,14 +17,13 @@ from torch.utils.data import DataLoader, Dataset
 from detbin.config import DataSplit, RunConfig
 from detbin.core.errors import ConfigError
 from detbin.data.datasets import ConcatDetection, TrainView, VocDetection, collate
-from detbin.data.ssd_augment import SSDAugmentation, SSDTrainView
 from detbin.data.synthetic import BENCHMARK_TEST, BENCHMARK_TRAIN, SyntheticDetection
 from detbin.evaluation.inference import run_evaluation
 from detbin.evaluation.metrics import VocMAP
 from detbin.training.sampler import EpochSampler
 
 __all__ = ["DATASETS", "build_dataset", "dataset_classes", "open_eval_dataset", "train_loader", "test_loader",
-           "build_evaluator", "Evaluation"]
+           "check_train_split", "build_evaluator", "Evaluation"]
 
 DATASETS = ("voc07", "voc12", "coco", "synthetic")
 
@@ -37,57 +36,89 @@ def build_dataset(split: DataSplit, root_override: Path | None = None) -> Datase
     if root is None:
         raise ConfigError(f"data: split {split.split!r} of source {split.source!r} needs a root (set data.*.root "
                           "or pass --data PATH)")
+    allow = split.allow_outside_root
     if split.source == "coco":
         from detbin.data.coco_dataset import CocoDetection
 
-        return CocoDetection(root, split.split, split.annotations)
+        return CocoDetection(root, split.split, split.annotations, allow_outside_root=allow)
     if isinstance(split.year, list):  # e.g. VOC07+12 trainval
-        return ConcatDetection([VocDetection(root, split.split, year) for year in split.year])
-    return VocDetection(root, split.split, split.year)
+        return ConcatDetection([VocDetection(root, split.split, year, allow_outside_root=allow)
+                                for year in split.year])
+    return VocDetection(root, split.split, split.year, allow_outside_root=allow)
 
 
 def dataset_classes(dataset: Dataset) -> tuple[str, ...]:
     return tuple(getattr(dataset, "classes"))
 
 
-def open_eval_dataset(name: str, data: Path | None, split: str, annotations: str | None = None
-                      ) -> tuple[Dataset, str]:
+def open_eval_dataset(name: str, data: Path | None, split: str, annotations: str | None = None,
+                      allow_outside_root: bool = False) -> tuple[Dataset, str]:
     """``(data set, metric)`` for ``detbin eval --dataset``; ``synthetic`` without ``data`` renders in memory.
 
     ``voc07``/``voc12`` read ``VOC2007``/``VOC2012`` of a ``VOCdevkit`` (or a VOC-layout folder),
     ``coco`` a COCO instances JSON (:class:`~detbin.data.coco_dataset.CocoDetection`),
     ``synthetic`` a folder written by ``detbin data synthetic`` (VOC layout, scored with ``voc07``).
+    ``allow_outside_root`` lets image paths of the annotation files lead outside ``data``.
     """
     if name not in DATASETS:
         raise ConfigError(f"--dataset {name!r}: choose one of {', '.join(DATASETS)}")
     if name == "synthetic":
         if data is None:
             return SyntheticDetection(BENCHMARK_TEST, seed=0, offset=BENCHMARK_TRAIN), "voc07"
-        return VocDetection(data, split), "voc07"
+        return VocDetection(data, split, allow_outside_root=allow_outside_root), "voc07"
     if data is None:
         what = "a COCO folder (annotations/ + images)" if name == "coco" else "a VOCdevkit folder"
         raise ConfigError(f"--dataset {name} needs --data PATH ({what}; detbin never downloads)")
     if name == "coco":
         from detbin.data.coco_dataset import CocoDetection
 
-        return CocoDetection(data, split, annotations), "coco"
-    return VocDetection(data, split, year="VOC2007" if name == "voc07" else "VOC2012"), name
+        return CocoDetection(data, split, annotations, allow_outside_root=allow_outside_root), "coco"
+    return VocDetection(data, split, year="VOC2007" if name == "voc07" else "VOC2012",
+                        allow_outside_root=allow_outside_root), name
 
 
 def train_loader(dataset: Dataset, config: RunConfig, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """Training batches: difficult objects dropped, flips (or ``data.augment: ssd``), a resumable seeded order."""
-    if config.data.augment == "ssd":  # resized to the SSD's fixed input side (300 unless min_size says otherwise)
-        size = config.detector.min_size if config.detector is not None else None
-        side = size if isinstance(size, int) else 300
-        view: Dataset = SSDTrainView(dataset, SSDAugmentation(side, flip=config.data.flip), seed=config.train.seed)
-    else:
-        view = TrainView(dataset, flip=config.data.flip, seed=config.train.seed)
+    """Training batches: difficult objects dropped, flips, a resumable seeded order."""
+    view = TrainView(dataset, flip=config.data.flip, seed=config.train.seed)
     sampler = EpochSampler(len(view), seed=config.train.seed, shuffle=True, rank=rank, world_size=world_size)
     # An own generator: without it every new iterator draws its seed from the global RNG, so a
     # run resumed mid-epoch would consume it at a different point than an uninterrupted one.
     generator = torch.Generator().manual_seed(config.train.seed)
     return DataLoader(view, batch_size=config.train.batch_size, sampler=sampler, collate_fn=collate, drop_last=True,
                       num_workers=config.train.workers, persistent_workers=False, generator=generator)
+
+
+def _describe(dataset: Dataset) -> str:
+    """Where a split's image list lives, for messages."""
+    if isinstance(dataset, ConcatDetection):
+        return " + ".join(_describe(part) for part in dataset.datasets)
+    if isinstance(dataset, VocDetection):
+        return f"{dataset.root}/ImageSets/Main/{dataset.split}.txt"
+    if hasattr(dataset, "path"):  # COCO: the instances JSON
+        return str(getattr(dataset, "path"))
+    return "the synthetic split (data.train.size)"
+
+
+def check_train_split(dataset: Dataset, config: RunConfig, world_size: int, source: str) -> None:
+    """Fail before training when the training split cannot fill one batch per rank.
+
+    :func:`train_loader` drops the last partial batch (BatchNorm needs 2+ images, and every step
+    has the same size), so a split with fewer images per rank than ``train.batch_size`` yields no
+    batch at all: without this check the trainer would wait for one forever.
+
+    Raises:
+        ConfigError: names the split's file, its size, the batch size and the fix.
+    """
+    size, batch = len(dataset), config.train.batch_size  # type: ignore[arg-type]
+    per_rank = -(-size // world_size)
+    if per_rank >= batch:
+        return
+    ranks = f" per rank ({world_size} ranks: {per_rank} each)" if world_size > 1 else ""
+    what = "is empty (0 images)" if size == 0 else f"has {size} image{'s' if size != 1 else ''}{ranks}"
+    fix = "add images to the split" if size == 0 else f"lower it (--set train.batch_size={max(1, per_rank)}) or add images"
+    raise ConfigError(f"{source}: data.train: split {config.data.train.split!r} ({_describe(dataset)}) {what}, fewer "
+                      f"than train.batch_size {batch}; the last partial batch is dropped, so no batch would ever be "
+                      f"trained on; {fix}")
 
 
 def test_loader(dataset: Dataset, batch_size: int) -> DataLoader:
