@@ -2,6 +2,10 @@
 
 :func:`run` builds everything from a validated config in the order of :mod:`detbin.app.build`,
 trains, and returns the result; :mod:`detbin.app.run_files` writes the run folder (rank 0 only).
+
+What is checked before any long work (the teacher's first evaluation, training): the output
+folder can be written, the training split fills one batch, every annotation of both splits
+parses, and the disk has room for the student's weights (:mod:`detbin.app.folders`).
 """
 
 from __future__ import annotations
@@ -15,17 +19,20 @@ from typing import Any
 import torch
 
 from detbin.app import build
+from detbin.app.build.data import check_train_split
+from detbin.app.folders import check_writable, prepare_run_folder
 from detbin.app.run_files import Outputs, SyncBuffers, write_run_files
 from detbin.config import RunConfig, read_yaml, validate
 from detbin.core.errors import ConfigError
+from detbin.data.datasets import check_annotations
 from detbin.models import checkpoint
 from detbin.models.detector import Detector
 from detbin.models.layout import BinarizeSpec
 from detbin.training import distributed
 from detbin.training.hook import Hook
-from detbin.training.hooks import ScheduleHook
+from detbin.training.hooks import CheckpointHook, ScheduleHook
 from detbin.training.recipe import Recipe
-from detbin.training.trainer import Trainer
+from detbin.training.trainer import NonFiniteLoss, Trainer
 
 __all__ = ["RunOptions", "RunResult", "run", "resume_options", "next_run_dir"]
 
@@ -85,13 +92,34 @@ def next_run_dir(project: Path, verb: str, name: str, exist_ok: bool) -> Path:
     return base.parent / f"{name}{n}"
 
 
-def resume_options(directory: Path) -> tuple[RunConfig, dict[str, Any], RunOptions]:
-    """The config and options of an existing run folder, to continue it from ``last.pt``."""
+def _check_resume_recipe(directory: Path, declared: Any, typed: str | None) -> None:
+    """A module reference in a run folder's recipe.yaml is imported only if the user typed it (``--recipe``)."""
+    source = directory / "recipe.yaml"
+    if typed is not None and typed != declared:
+        raise ConfigError(f"{source}: the run was trained with recipe {declared!r}, not --recipe {typed}; "
+                          "resume without --recipe (or with the same one)")
+    if isinstance(declared, str) and ":" in declared and typed != declared:
+        raise ConfigError(f"{source}: recipe {declared!r} is a module reference, not an installed recipe; detbin "
+                          "imports a module named in a file only when you type it: add --recipe "
+                          f"{declared} to resume it, if you trust that module")
+
+
+def resume_options(directory: Path, recipe: str | None = None) -> tuple[RunConfig, dict[str, Any], RunOptions]:
+    """The config and options of an existing run folder, to continue it from ``last.pt``.
+
+    Args:
+        recipe: the ``--recipe`` the user typed with ``--resume``, if any. A ``module:Class``
+            recipe in the folder's recipe.yaml is refused unless it is exactly this.
+
+    Raises:
+        ConfigError: not a run folder, or a recipe reference the user did not type.
+    """
     directory = Path(directory)
     for required in ("recipe.yaml", "args.yaml", "weights/last.pt"):
         if not (directory / required).is_file():
             raise ConfigError(f"{directory}: cannot resume, {required} is missing (is it a detbin run folder?)")
     raw = read_yaml(directory / "recipe.yaml")
+    _check_resume_recipe(directory, raw.get("recipe"), recipe)
     args = read_yaml(directory / "args.yaml")
     options = RunOptions(verb=args["verb"], project=directory.parent.parent, name=directory.name, exist_ok=True,
                          data=Path(args["data"]) if args.get("data") else None,
@@ -128,12 +156,28 @@ def _place(student: Detector, teacher: Detector | None, recipe: Recipe,
         student.forward_module = distributed.wrap(student.model, device)
 
 
+def _non_finite_note(hooks: list[Hook], directory: Path) -> str:
+    saver = next((h for h in hooks if isinstance(h, CheckpointHook)), None)
+    if saver is None:
+        return ""
+    if saver.saved_iteration is None:
+        return "; no weights/last.pt was written (the weights were never finite at a checkpoint)"
+    return (f"; {directory / 'weights' / 'last.pt'} keeps iteration {saver.saved_iteration}, the last with finite "
+            "weights (lower train.optimizer.lr or set train.clip_grad, then train again)")
+
+
 def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distributed.Context,
          device: torch.device) -> RunResult:
     torch.manual_seed(config.train.seed)
+    if ctx.is_main:  # the output folder first: an unwritable --project fails before any long work
+        check_writable(Path(options.resume or options.directory or Path(options.project) / options.verb),
+                       "the run folder (--project)")
     recipe = build.build_recipe(config, options.source)
     train_set = build.build_dataset(config.data.train, options.data)
     test_set = build.build_dataset(config.data.test, options.data)
+    check_train_split(train_set, config, ctx.world_size, options.source)
+    check_annotations(train_set)
+    check_annotations(test_set, config.eval.max_images)
     classes = build.dataset_classes(train_set)
     models = build.build_models(config, recipe, classes, options.verb, options.teacher, options.teacher_arch,
                                 options.source)
@@ -151,6 +195,7 @@ def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distr
                        classes, config.model_dump(mode="json"))
     hooks: list[Hook] = [ScheduleHook(scheduler), *recipe.hooks(), *([SyncBuffers(student)] if ctx.distributed else [])]
     if ctx.is_main:
+        prepare_run_folder(directory, student, fresh=not options.resume)
         if not options.resume:
             write_run_files(directory, config, options, ctx, device)
         hooks += outputs.hooks(config, build.Evaluation(config, test_set, classes), options.hooks)
@@ -161,7 +206,10 @@ def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distr
     if options.resume:
         _restore(trainer, student, recipe, directory)
     start = time.perf_counter()
-    trainer.train()
+    try:
+        trainer.train()
+    except NonFiniteLoss as exc:
+        raise NonFiniteLoss(f"{exc}{_non_finite_note(hooks, directory)}") from None
     if ctx.is_main:
         from detbin.app.plots import plot_results
 

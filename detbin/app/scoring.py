@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,10 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from detbin.app import build
+from detbin.core import jsonio
 from detbin.core.errors import ConfigError, DataError
 from detbin.core.types import Detections, Target
+from detbin.data.datasets import check_annotations
 from detbin.evaluation import detections as saved
 from detbin.evaluation.inference import exact_targets, predict_loader
 from detbin.evaluation.metrics import PROTOCOLS, EvalResult
@@ -120,6 +121,7 @@ def score_models(paths: Sequence[Path], dataset: Dataset, metric: str, count: in
     """Run every model on the same first ``count`` images (each batch decoded once) and score each."""
     classes = tuple(getattr(dataset, "classes"))
     check_images(dataset, count)
+    check_annotations(dataset, count)  # a malformed annotation fails before any image is predicted
     detectors = [_load(Path(p), classes, device) for p in paths]
     loader = build.test_loader(Subset(dataset, range(count)), batch_size)
     targets, outputs = predict_loader(detectors, loader, progress=progress)
@@ -162,7 +164,7 @@ def write_run(folder: Path, report_: dict[str, Any], scored: Sequence[Scored], i
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps({**report_, "run_dir": str(folder)}, indent=2) + "\n")
+    (folder / "metrics.json").write_text(jsonio.dumps({**report_, "run_dir": str(folder)}, indent=2) + "\n")
     _write_csv(folder / "per_class.csv", scored)
     written = [folder / "metrics.json", folder / "per_class.csv"]
     for n, s in enumerate(scored):

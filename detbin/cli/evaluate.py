@@ -5,18 +5,19 @@ The work happens in :mod:`detbin.app.scoring`; this module parses options and re
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from detbin.cli.common import (DataOpt, DeviceOpt, ExistOkOpt, JsonOpt, NoProgressOpt, ProjectOpt, app, err, fmt_ap,
                         handles_errors, interactive, out)
+from detbin.core import jsonio
 from detbin.core.errors import ConfigError
 
 EXAMPLES = """
@@ -68,17 +69,21 @@ def _device(name: str | None):
 
 
 def _render(report: dict[str, Any]) -> None:
-    """The per-class table: one AP and detections column pair per model, protocol facts on top."""
+    """The per-class table: one AP and detections column pair per model, protocol facts on top.
+
+    Class names, file names, the split and the folder come from the user or the data: they are
+    escaped, so ``[red]`` or ``[/old]`` in them prints as written instead of being read as markup.
+    """
     runs = [report] + ([report["compare"]] if "compare" in report else [])
-    table = Table(title=f"{report['dataset']} {report['split']} ({report['num_images']} images)",
-                  caption=f"run folder: {report['run_dir']}")
+    table = Table(title=escape(f"{report['dataset']} {report['split']} ({report['num_images']} images)"),
+                  caption=escape(f"run folder: {report['run_dir']}"))
     table.add_column("class")
     table.add_column("GT", justify="right")
     for run in runs:
-        table.add_column(f"AP {run['label']}", justify="right")
+        table.add_column(escape(f"AP {run['label']}"), justify="right")
         table.add_column("dets", justify="right")
     for name, first in report["per_class"].items():
-        cells = [name, str(first["npos"])]
+        cells = [escape(name), str(first["npos"])]
         for run in runs:
             c = run["per_class"][name]
             cells += [fmt_ap(float("nan") if c["ap"] is None else c["ap"]), str(c["ndet"])]
@@ -90,7 +95,7 @@ def _render(report: dict[str, Any]) -> None:
     for run in runs:
         if run["stats"]:
             stats = "  ".join(f"{key} {value:.4f}" for key, value in run["stats"].items())
-            out.print(f"{run['label']} ({run.get('backend', '')}): {stats}", soft_wrap=True)
+            out.print(escape(f"{run['label']} ({run.get('backend', '')}): {stats}"), soft_wrap=True)
 
 
 @app.command("eval", epilog=EXAMPLES)
@@ -113,15 +118,21 @@ def eval_command(
     project: ProjectOpt = Path("runs"),
     name: Annotated[str, typer.Option("--name", help="Run folder name (auto-incremented if taken).")] = "exp",
     exist_ok: ExistOkOpt = False,
+    allow_outside_root: Annotated[bool, typer.Option(
+        "--allow-outside-root", help="Open image paths of the annotation files that lead outside --data "
+                                     "(absolute, or with ..); refused by default.")] = False,
     as_json: JsonOpt = False,
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Score a model (or saved detections) with the VOC or COCO protocol: per-class AP, mAP, PR curves."""
     from detbin.app import build, scoring
+    from detbin.app.folders import check_writable
     from detbin.app.runner import next_run_dir
 
     _check_sources(model, detections, compare)
-    source, metric = build.open_eval_dataset(dataset, data, split, annotations)
+    folder = next_run_dir(project, "eval", name, exist_ok)
+    check_writable(folder if folder.is_dir() else folder.parent, "the eval run folder (--project)")  # before inference
+    source, metric = build.open_eval_dataset(dataset, data, split, annotations, allow_outside_root)
     count = min(len(source), max_images or len(source))
     if detections is not None:
         scored = [scoring.score_saved(detections, source, split, metric, count)]
@@ -129,10 +140,9 @@ def eval_command(
         paths = [model] + ([compare] if compare is not None else [])
         with eval_progress(count, no_progress or as_json) as progress:
             scored = scoring.score_models(paths, source, metric, count, batch_size, _device(device), progress)
-    folder = next_run_dir(project, "eval", name, exist_ok)
     report = {**scoring.report(dataset, split, data, scored, detections is None), "run_dir": str(folder)}
     scoring.write_run(folder, report, scored, scoring.image_index(source, split, 0))
     if as_json:
-        out.print_json(json.dumps(report))
+        out.print_json(jsonio.dumps(report))
     else:
         _render(report)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from detbin.cli.common import JsonOpt, app, handles_errors, out
@@ -142,7 +143,7 @@ def profile_command(
                 k: v for k, v in other.to_dict().items() if k not in ("by_module", "not_counted")}}
         out.print_json(json.dumps(report))
         return
-    name = model if recipe is None else f"{model} + {recipe}"
+    name = escape(model if recipe is None else f"{model} + {recipe}")  # a path is text, never markup
     _print_cost(name, cost)
     if other is not None:
-        _print_compare(name, cost, compare, other)  # type: ignore[arg-type]
+        _print_compare(name, cost, escape(str(compare)), other)

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from detbin.cli.common import (DataOpt, DeviceOpt, ExistOkOpt, NameOpt, NoProgressOpt, ProjectOpt, SetOpt, app, err, fmt_ap,
                         handles_errors, interactive, out)
@@ -73,7 +74,7 @@ def _run_options(verb: str, **values: Any) -> Any:
 
 def _summary(result: Any, title: str) -> None:
     table = Table(title=title, show_header=False)
-    table.add_row("run folder", str(result.directory))
+    table.add_row("run folder", Text(str(result.directory)))  # a path is text, never markup
     for key, value in {**result.teacher_metrics, **result.metrics}.items():
         table.add_row(key, f"{value:.4f}")
     table.add_row("iterations", str(result.iterations))
@@ -131,7 +132,7 @@ def binarize(
     from detbin.app.runner import resume_options, run
 
     if resume is not None:
-        run_config, raw, options = resume_options(resume)
+        run_config, raw, options = resume_options(resume, recipe)  # a module:Class in the folder needs --recipe typed
     else:
         if recipe is None:
             raise ConfigError("binarize needs --recipe NAME (see `detbin recipes`) or --resume RUN_FOLDER")

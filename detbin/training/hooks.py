@@ -9,7 +9,6 @@ visible inside a phase in which the student does not train.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
 from collections.abc import Callable
@@ -18,9 +17,10 @@ from typing import Any
 
 import torch
 
-from detbin.models.checkpoint import save_atomic
+from detbin.core import jsonio
+from detbin.models.checkpoint import non_finite, save_atomic
 from detbin.training.hook import Hook
-from detbin.training.trainer import Trainer
+from detbin.training.trainer import NonFiniteWeights, Trainer
 
 __all__ = ["ScheduleHook", "CheckpointHook", "EvalHook", "MetricsLogger", "lr_lambda"]
 
@@ -69,21 +69,35 @@ class ScheduleHook(Hook):
 class CheckpointHook(Hook):
     """Writes ``last.pt`` atomically every ``every`` steps, at the end and on Ctrl-C.
 
+    A state whose weights are not finite is never written: the run stops with
+    :class:`~detbin.training.trainer.NonFiniteWeights` and the previous ``last.pt`` (the last
+    finite one) stays, so a run that diverged can be continued from before it diverged.
+
     Args:
         path: where ``last.pt`` goes.
         make: builds the checkpoint dict from the trainer (model, recipe and trainer state).
+
+    Attributes:
+        saved_iteration: ``trainer.iteration`` of the state in ``path``, None until one is written.
     """
 
     def __init__(self, path: Path, every: int, make: Callable[[Trainer], dict[str, Any]]) -> None:
         self.path, self.every, self.make = Path(path), every, make
         self.saved_at = -1
+        self.saved_iteration: int | None = None
         self.seconds = 0.0
 
     def save(self, trainer: Trainer) -> None:
         start = time.perf_counter()
-        save_atomic(self.make(trainer), self.path)
+        payload = self.make(trainer)
+        bad = non_finite(payload.get("model", {}))
+        if bad:
+            self.saved_at = trainer.global_step  # after_train must not try again
+            raise NonFiniteWeights(f"non-finite weights at iteration {trainer.iteration} ({len(bad)} tensor(s), first "
+                                   f"{bad[0]}); not saved over {self.path}")
+        save_atomic(payload, self.path)
         self.seconds = time.perf_counter() - start
-        self.saved_at = trainer.global_step
+        self.saved_at, self.saved_iteration = trainer.global_step, trainer.iteration
 
     def after_step(self, trainer: Trainer) -> None:
         if trainer.global_step % self.every == 0:
@@ -189,8 +203,8 @@ class MetricsLogger(Hook):
         self._sums, self._counts, self._count, self._seconds, self._pending_eval = {}, {}, 0, 0.0, {}
 
     def _write(self, record: dict[str, Any], csv_row: bool) -> None:
-        with self.jsonl.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        with self.jsonl.open("a") as handle:  # strict JSON: a NaN or infinite loss is written as null
+            handle.write(jsonio.dumps(record) + "\n")
         if not csv_row:
             return
         new = not self.csv_path.exists()

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from detbin.core.errors import DetbinError, TrainingInterrupted
+from detbin.core.errors import DataError, DetbinError, TrainingInterrupted
 from detbin.core.types import Target
 from detbin.models.detector import Detector
 from detbin.models.taps import record
@@ -38,13 +38,18 @@ from detbin.training.hook import Hook
 from detbin.training.recipe import Phase, Recipe, Step
 from detbin.training.sampler import EpochSampler
 
-__all__ = ["StepResult", "Trainer", "NonFiniteLoss", "freeze", "rng_state", "set_rng_state"]
+__all__ = ["StepResult", "Trainer", "NonFiniteLoss", "NonFiniteWeights", "freeze", "rng_state", "set_rng_state"]
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(DetbinError):
     """The total loss became NaN or infinite; the run stops and shows the last loss dict."""
+
+
+class NonFiniteWeights(NonFiniteLoss):
+    """The weights to checkpoint hold a NaN or an infinity (a latent weight behind a sign() can
+    overflow while the loss stays finite); the run stops and ``last.pt`` keeps the last finite state."""
 
 
 @dataclass(frozen=True)
@@ -231,7 +236,12 @@ class Trainer:
         self.scaler.update()
 
     def _batches(self) -> Iterator[tuple[list[Tensor], list[Target]]]:
-        """Batches from the current (epoch, position) on, forever."""
+        """Batches from the current (epoch, position) on, forever.
+
+        Raises:
+            DataError: a whole epoch yielded no batch (an empty split, or fewer images than the
+                batch size with the last partial batch dropped), which would otherwise loop forever.
+        """
         sampler = getattr(self.loader, "sampler", None)
         batch_size = getattr(self.loader, "batch_size", None) or 1
         while True:
@@ -240,10 +250,16 @@ class Trainer:
             dataset = getattr(self.loader, "dataset", None)
             if hasattr(dataset, "epoch"):
                 dataset.epoch = self.epoch
+            whole_epoch, yielded = self.epoch_position == 0, 0  # a resumed epoch may have nothing left
             for batch in self.loader:
                 # counted before the step runs, so a checkpoint written after it resumes *after* it
                 self.epoch_position += 1
+                yielded += 1
                 yield batch
+            if whole_epoch and not yielded:
+                size = len(dataset) if hasattr(dataset, "__len__") else "?"
+                raise DataError(f"the training data yielded no batch in epoch {self.epoch} ({size} images, batch size "
+                                f"{batch_size}, partial batches dropped); add images or lower train.batch_size")
             self.epoch, self.epoch_position = self.epoch + 1, 0
 
     def _phase_over(self) -> bool:
