@@ -39,7 +39,7 @@ def _train(tmp_path, name: str, terminal: bool) -> str:
 
 def test_a_terminal_gets_a_rich_bar_and_a_pipe_gets_plain_lines(tmp_path):
     plain = _train(tmp_path, "plain", terminal=False)
-    assert "iteration 3/3 loss" in plain and "\x1b[" not in plain  # one plain line, no escape codes
+    assert ": 3/3 (100%) loss" in plain and "ETA 0:00" in plain and "\x1b[" not in plain  # plain lines, no escapes
     shown = _train(tmp_path, "tty", terminal=True)
     assert "3/3" in shown and "━" in shown and "\x1b[" in shown  # rich's bar, redrawn in place
-    assert "iteration 3/3" not in shown
+    assert "(100%) loss" not in shown

@@ -56,6 +56,7 @@ class RunOptions:
     source: str = "<recipe>"
     overrides: list[str] = field(default_factory=list)  # the --set values, recorded for the reader
     hooks: list[Hook] = field(default_factory=list)
+    teacher_metrics: dict[str, float] = field(default_factory=dict)  # known scores: the teacher is not re-scored
 
     def to_dict(self) -> dict[str, Any]:
         return {"verb": self.verb, "project": str(self.project), "name": self.name, "data": _str(self.data),
@@ -193,6 +194,7 @@ def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distr
                                                                          options.exist_ok))
     outputs = Outputs(directory, "teacher" if options.verb == "train" else "student", student, spec, recipe,
                        classes, config.model_dump(mode="json"))
+    outputs.teacher_metrics.update(options.teacher_metrics)
     hooks: list[Hook] = [ScheduleHook(scheduler), *recipe.hooks(), *([SyncBuffers(student)] if ctx.distributed else [])]
     if ctx.is_main:
         prepare_run_folder(directory, student, fresh=not options.resume)

@@ -6,7 +6,7 @@ handler; importing this package registers every command on ``app``.
 
 from __future__ import annotations
 
-from detbin.cli import data, detectors, evaluate, export, predict, profile, recipes, training  # noqa: F401  (register the commands)
+from detbin.cli import data, demo, detectors, evaluate, export, predict, profile, recipes, training  # noqa: F401  (register the commands)
 from detbin.cli.common import app
 
 __all__ = ["app", "main"]
