@@ -59,9 +59,13 @@ class Recipe:
 """
 
 
+PROGRESS_LINE = re.compile(r"^\S[^:]*: \d+/\d+ \(\d+%\) ")
+
+
 def one_line(result, *fragments: str) -> str:
     """The single ``error:`` line of a failed command (exit code 1, no traceback)."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # A run that fails mid-training has printed its progress lines first; they are not error output.
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
     assert result.exit_code == 1, (result.exception, result.stdout, result.stderr)
     assert "Traceback" not in result.stdout + result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

@@ -89,9 +89,12 @@ class DataSplit(_Strict):
 
 
 class DataSection(_Strict):
+    """``augment``: training augmentation, ``none`` (flips only) or ``ssd`` (ssd.pytorch's pipeline)."""
+
     train: DataSplit = DataSplit()
     test: DataSplit = DataSplit(split="test")
     flip: float = Field(default=0.5, ge=0, le=1)
+    augment: Literal["none", "ssd"] = "none"
 
 
 class OptimizerSection(_Strict):

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from detbin.config import DataSplit, RunConfig
 from detbin.core.errors import ConfigError
 from detbin.data.datasets import ConcatDetection, TrainView, VocDetection, collate
+from detbin.data.ssd_augment import SSDAugmentation, SSDTrainView
 from detbin.data.synthetic import BENCHMARK_TEST, BENCHMARK_TRAIN, SyntheticDetection
 from detbin.evaluation.inference import run_evaluation
 from detbin.evaluation.metrics import VocMAP
@@ -78,8 +79,13 @@ def open_eval_dataset(name: str, data: Path | None, split: str, annotations: str
 
 
 def train_loader(dataset: Dataset, config: RunConfig, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """Training batches: difficult objects dropped, flips, a resumable seeded order."""
-    view = TrainView(dataset, flip=config.data.flip, seed=config.train.seed)
+    """Training batches: difficult objects dropped, flips (or ``data.augment: ssd``), a resumable seeded order."""
+    if config.data.augment == "ssd":  # resized to the SSD's fixed input side (300 unless min_size says otherwise)
+        size = config.detector.min_size if config.detector is not None else None
+        side = size if isinstance(size, int) else 300
+        view: Dataset = SSDTrainView(dataset, SSDAugmentation(side, flip=config.data.flip), seed=config.train.seed)
+    else:
+        view = TrainView(dataset, flip=config.data.flip, seed=config.train.seed)
     sampler = EpochSampler(len(view), seed=config.train.seed, shuffle=True, rank=rank, world_size=world_size)
     # An own generator: without it every new iterator draws its seed from the global RNG, so a
     # run resumed mid-epoch would consume it at a different point than an uninterrupted one.
