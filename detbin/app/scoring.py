@@ -110,10 +110,26 @@ def _load(path: Path, classes: Sequence[str], device: torch.device) -> Detector:
     return detector.to(device)
 
 
-def _labels(paths: Sequence[Path]) -> list[str]:
-    """Column titles: file names, with the parent folder when two are alike."""
-    names = [p.name for p in paths]
-    return [str(Path(p.parent.name) / p.name) if names.count(p.name) > 1 else p.name for p in paths]
+def _label(path: Path, depth: int) -> str:
+    """``runs/binarize/reactnet/weights/best.pt`` -> ``reactnet (best.pt)``; ``depth`` more folders when asked."""
+    path = Path(path)
+    run = path.parent.name == "weights"
+    if not run and depth == 0:
+        return path.name
+    parent = path.parent.parent if run else path.parent
+    folders = [p.name for p in [parent, *parent.parents][: depth + int(run)] if p.name][::-1]
+    return f"{'/'.join(folders)} ({path.name})" if folders else path.name
+
+
+def labels(paths: Sequence[Path]) -> list[str]:
+    """Distinct column titles for model files: the run folder's name and the file, more folders
+    while two are alike (every detbin run stores ``.../weights/best.pt``), then ``#2``, ``#3``."""
+    depth, found = 0, [_label(p, 0) for p in paths]
+    while len(set(found)) < len(found) and depth < 8:
+        depth += 1
+        found = [_label(p, depth) for p in paths]
+    return [name if found[:i].count(name) == 0 else f"{name} #{found[:i].count(name) + 1}"
+            for i, name in enumerate(found)]
 
 
 def score_models(paths: Sequence[Path], dataset: Dataset, metric: str, count: int, batch_size: int,
@@ -127,7 +143,7 @@ def score_models(paths: Sequence[Path], dataset: Dataset, metric: str, count: in
     targets, outputs = predict_loader(detectors, loader, progress=progress)
     targets = exact_targets(loader, len(targets)) or targets
     return [Scored(label, Path(p), score(metric, classes, targets, out), out)
-            for label, p, out in zip(_labels(paths), paths, outputs)]
+            for label, p, out in zip(labels(paths), paths, outputs)]
 
 
 def _summary(scored: Scored, kind: str) -> dict[str, Any]:
