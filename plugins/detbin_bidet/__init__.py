@@ -8,6 +8,7 @@ detbin core (``bidetssd300_vgg16``, ``fasterrcnnc4_resnet18_bidet``); this packa
 what training needs (the terms, the estimator, the phases).
 """
 
+from detbin_bidet.autobidet import AutoBiDet
 from detbin_bidet.recipe import BiDet
 
-__all__ = ["BiDet"]
+__all__ = ["AutoBiDet", "BiDet"]

@@ -28,7 +28,7 @@ from torchvision.ops import boxes as box_ops
 
 from detbin_bidet.ib import PriorMode, PriorTerms, class_prior_image
 
-__all__ = ["ssd_prior", "frcnn_head_prior", "ssd_task_per_image"]
+__all__ = ["frcnn_head_prior", "ssd_prior", "ssd_task_per_image"]
 
 
 def _labels(targets: Sequence[dict[str, Any]]) -> list[Tensor]:

@@ -36,8 +36,18 @@ from torchvision.ops import nms
 
 from detbin import ConfigError
 
-__all__ = ["PriorMode", "Reduction", "PriorTerms", "feature_regularizer", "feature_regularizer_per_image",
-           "roi_feature_regularizer", "normalised_entropy", "kept_scores", "class_prior_image", "rpn_prior"]
+__all__ = [
+    "PriorMode",
+    "PriorTerms",
+    "Reduction",
+    "class_prior_image",
+    "feature_regularizer",
+    "feature_regularizer_per_image",
+    "kept_scores",
+    "normalised_entropy",
+    "roi_feature_regularizer",
+    "rpn_prior",
+]
 
 PriorMode = Literal["csop", "csop_no_n", "sop"]
 Reduction = Literal["pairs", "images"]

@@ -29,12 +29,26 @@ import torch
 from torch import Tensor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from detbin import BinarizeSpec, ConfigError, Detector, Hook, LocationSampler, Params, Recipe, Step, is_binary
-
+from detbin import (
+    BinarizeSpec,
+    ConfigError,
+    Detector,
+    Hook,
+    LocationSampler,
+    Params,
+    Recipe,
+    Step,
+    is_binary,
+)
 from detbin_bidet.batch_terms import frcnn_head_prior, ssd_prior, ssd_task_per_image
-from detbin_bidet.ib import feature_regularizer, feature_regularizer_per_image, roi_feature_regularizer, rpn_prior
+from detbin_bidet.ib import (
+    feature_regularizer,
+    feature_regularizer_per_image,
+    roi_feature_regularizer,
+    rpn_prior,
+)
 
-__all__ = ["BiDet", "BiDetParams", "Terms", "term_weights", "family_of"]
+__all__ = ["BiDet", "BiDetParams", "Terms", "family_of", "term_weights"]
 
 SSD_TAPS = ("transform", "backbone", "head", "anchor_generator")
 FRCNN_TAPS = ("transform", "rpn.head.bn", "rpn.proposal_scores", "roi_heads.sampled_proposals",
