@@ -84,3 +84,13 @@ def test_checkpoint_sections_reject_unknown_keys_by_name():
         DetectorConfig.from_dict({"arch": "fasterrcnn_resnet18_fpn", "widht_mult": 0.25})
     with pytest.raises(ConfigError, match=r"binarize: unknown key\(s\) \['fomr'\]"):
         BinarizeSpec.from_dict({"fomr": "reactnet"})
+
+
+def test_without_config_a_run_uses_the_file_that_suits_the_device():
+    cpu, why = config.default_recipe_file("reactnet", cuda=False)
+    assert cpu.name == "tiny_synthetic.yaml" and "no CUDA device" in why and "fasterrcnn_r18_fpn_voc" in why
+    gpu, why = config.default_recipe_file("reactnet", cuda=True)
+    assert gpu.name == "fasterrcnn_r18_fpn_voc.yaml" and "paper" in why
+    assert config.default_recipe_file("bidet", cuda=False)[0].name == "tiny_synthetic_frcnn.yaml"  # first tiny file
+    assert config.default_recipe_file("bidet", cuda=True)[0].name == "fasterrcnn_r18_c4_voc.yaml"  # first paper file
+    assert config.default_recipe_file("teacher", cuda=False)[0].name == "tiny_synthetic.yaml"

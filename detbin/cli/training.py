@@ -14,7 +14,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from detbin.cli.common import (DataOpt, DeviceOpt, ExistOkOpt, NameOpt, NoProgressOpt, ProjectOpt, SetOpt, app, handles_errors, out)
+from detbin.cli.common import (DataOpt, DeviceOpt, ExistOkOpt, NameOpt, NoProgressOpt, ProjectOpt, SetOpt, app, err,
+                               handles_errors, out)
 from detbin.cli.progress import make_progress_hook
 from detbin.core.errors import ConfigError
 
@@ -44,6 +45,20 @@ def _summary(result: Any, title: str) -> None:
     out.print(table)
 
 
+def _recipe_file(config: str | None, recipe: str, device: str | None) -> Path:
+    """``--config`` as given, or the shipped file that suits this machine, said in one line."""
+    from detbin import config as cfg
+
+    if config is not None:
+        return cfg.find_recipe_file(config, recipe)
+    import torch
+
+    cuda = device.startswith("cuda") if device else torch.cuda.is_available()
+    path, why = cfg.default_recipe_file(recipe, cuda)
+    err.print(Text(f"no --config: using {path} ({why})"), soft_wrap=True)
+    return path
+
+
 @app.command()
 @handles_errors
 def train(
@@ -61,7 +76,7 @@ def train(
     if resume is not None:
         run_config, raw, options = resume_options(resume)
     else:
-        path = cfg.find_recipe_file(config, "teacher")
+        path = _recipe_file(config, "teacher", device)
         overrides = list(set_ or []) + ([f"detector.arch={arch}"] if arch else [])
         run_config, raw = cfg.load(path, overrides)
         if run_config.recipe is not None:
@@ -97,7 +112,7 @@ def binarize(
         if recipe is None:
             raise ConfigError("binarize needs --recipe NAME (see `detbin recipes`) or --resume RUN_FOLDER")
         plugins.load(recipe)  # fail early, with close names, before reading files
-        path = cfg.find_recipe_file(config, recipe.split(":")[-1].lower())
+        path = _recipe_file(config, recipe.split(":")[-1].lower(), device)
         run_config, raw = cfg.load(path, [f"recipe={recipe}", *(set_ or [])])
         options = _run_options("binarize", project=project, name=name, exist_ok=exist_ok, data=data, device=device,
                                teacher=teacher, teacher_arch=arch, source=str(path), overrides=list(set_ or []))

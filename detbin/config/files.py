@@ -18,7 +18,7 @@ from detbin.config.schema import RunConfig, validate
 from detbin.core.errors import ConfigError, close_matches
 
 __all__ = ["read_yaml", "parse_overrides", "apply_overrides", "load", "dump", "recipes_dir", "recipe_files",
-           "find_recipe_file"]
+           "find_recipe_file", "default_recipe_file"]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -117,7 +117,32 @@ def recipe_files(recipe: str) -> list[Path]:
     return sorted((recipes_dir() / recipe).glob("*.yaml"))
 
 
-def find_recipe_file(ref: str | None, recipe: str, default: str = "fasterrcnn_r18_fpn_voc") -> Path:
+PAPER_DEFAULT, CPU_DEFAULT = "fasterrcnn_r18_fpn_voc", "tiny_synthetic"
+
+
+def default_recipe_file(recipe: str, cuda: bool) -> tuple[Path, str]:
+    """The shipped file a run uses without ``--config``, and why, for one line to the user.
+
+    With a CUDA device: the paper's setting (``fasterrcnn_r18_fpn_voc``, else the first file that
+    is not a tiny one). Without: the tiny CPU setting (``tiny_synthetic``, else the first
+    ``tiny_synthetic*``), since the paper's (36 epochs, AMP, 4 workers) would take days on a CPU.
+    """
+    shipped = recipe_files(recipe)
+    tiny = [p for p in shipped if p.stem.startswith(CPU_DEFAULT)]
+    paper = [p for p in shipped if not p.stem.startswith(CPU_DEFAULT)]
+    if cuda:
+        chosen = [p for p in paper if p.stem == PAPER_DEFAULT] or paper or tiny
+        why = "the paper's setting, a CUDA device is present"
+    else:
+        chosen = [p for p in tiny if p.stem == CPU_DEFAULT] or tiny or paper
+        why = "the tiny CPU setting, no CUDA device here"
+    if not chosen:
+        raise ConfigError(f"recipe {recipe!r} ships no recipe file under {recipes_dir() / recipe}; pass --config PATH.yaml")
+    others = [p.stem for p in shipped if p != chosen[0]]
+    return chosen[0], why + (f"; --config {' | '.join(others)} picks another" if others else "")
+
+
+def find_recipe_file(ref: str | None, recipe: str, default: str = PAPER_DEFAULT) -> Path:
     """A recipe file from a path, or a variant name of ``recipe``'s shipped files.
 
     ``--config tiny_synthetic`` with ``--recipe reactnet`` is ``recipes/reactnet/tiny_synthetic.yaml``.

@@ -7,6 +7,8 @@ synthetic renderer in memory.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,9 @@ from detbin.evaluation.metrics import VocMAP
 from detbin.training.sampler import EpochSampler
 
 __all__ = ["DATASETS", "build_dataset", "dataset_classes", "open_eval_dataset", "train_loader", "test_loader",
-           "check_train_split", "build_evaluator", "Evaluation"]
+           "check_train_split", "build_evaluator", "Evaluation", "loader_workers"]
+
+log = logging.getLogger(__name__)
 
 DATASETS = ("voc07", "voc12", "coco", "synthetic")
 
@@ -91,7 +95,19 @@ def train_loader(dataset: Dataset, config: RunConfig, rank: int = 0, world_size:
     # run resumed mid-epoch would consume it at a different point than an uninterrupted one.
     generator = torch.Generator().manual_seed(config.train.seed)
     return DataLoader(view, batch_size=config.train.batch_size, sampler=sampler, collate_fn=collate, drop_last=True,
-                      num_workers=config.train.workers, persistent_workers=False, generator=generator)
+                      num_workers=loader_workers(config.train.workers), persistent_workers=False, generator=generator)
+
+
+def loader_workers(asked: int) -> int:
+    """``train.workers``, at most the CPU cores this process may use (one log line when capped).
+
+    More would make torch's DataLoader print a raw ``UserWarning`` and only slow a small machine.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if asked > cores:
+        log.info("train.workers %d > %d CPU core(s) here: loading with %d worker(s)", asked, cores, cores)
+        return cores
+    return asked
 
 
 def _describe(dataset: Dataset) -> str:
