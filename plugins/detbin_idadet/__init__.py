@@ -102,7 +102,13 @@ class IDaDet(Recipe):
 
     @torch.no_grad()
     def teacher_features(self, images: list[Tensor], teacher: Detector, student_taps: dict[str, list[Any]]) -> None:
-        """Teacher backbone+FPN, RPN head and anchors on the student's transformed batch (§2.9)."""
+        """Teacher backbone+FPN, RPN head and anchors on the student's transformed batch (§2.9).
+
+        Skipped with ``kd_weight == 0`` (the paper's "w/o KD" row): ``0 x L_l`` adds nothing to the
+        student's gradient, so the teacher forward and the selection would only cost time.
+        """
+        if self.params.kd_weight == 0:
+            return
         model = teacher.model
         image_list, _ = student_taps["transform"][0]
         maps = list(model.backbone(image_list.tensors).values())
@@ -110,6 +116,9 @@ class IDaDet(Recipe):
         model.rpn.anchor_generator(image_list, maps)
 
     def loss(self, step: Step) -> dict[str, Tensor]:
+        if self.params.kd_weight == 0:  # w/o KD: no pairs, no selection, no terms (0 x L_l adds nothing)
+            self._stats = {}
+            return {}
         student_taps, teacher_taps = step.student_taps, step.teacher_taps
         image_list, _ = student_taps["transform"][0]
         student_maps = list(student_taps["backbone"][0].values())
@@ -147,7 +156,8 @@ class IDaDet(Recipe):
             grid = spans(boxes, (height, width), image_list.image_sizes[b], padded, self.params.mask_mode)
             scores = [discrepancy(teacher_map[b, :, s.r1:s.r2, s.c1:s.c2], student_map[b, :, s.r1:s.r2, s.c1:s.c2],
                                   self.params.temperature) for s in grid]
-            chosen = [grid[i] for i in select_top(scores, self.params.gamma)]
+            ties = "last" if self.params.mask_mode == "repo" else "first"  # the released sort in repo mode
+            chosen = [grid[i] for i in select_top(scores, self.params.gamma, ties)]
             kept += len(chosen)
             masks.append(level_mask(chosen, height, width, self.params.mask_mode, teacher_map.device))
         return torch.stack(masks), kept

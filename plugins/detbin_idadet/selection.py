@@ -110,10 +110,19 @@ def discrepancy(teacher_patch: Tensor, student_patch: Tensor, temperature: float
     return float(gap / h * w)
 
 
-def select_top(scores: list[float], gamma: float) -> list[int]:
-    """Indices of the ``round(gamma * N)`` largest discrepancies (§2.5; N = 5, gamma 0.6 -> 3)."""
+def select_top(scores: list[float], gamma: float, ties: str = "last") -> list[int]:
+    """Indices of the ``round(gamma * N)`` largest discrepancies (§2.5; N = 5, gamma 0.6 -> 3).
+
+    ``ties="last"`` (``mask_mode: repo``) keeps the *highest* indices on a tie at the cut, as the
+    released code's sort does: the pairs are ``[teacher boxes; student boxes]`` (§2.3), so a tie
+    prefers the student's proposals. Ties are common on coarse levels, where every box one cell
+    wide or high scores 0 (§2.4). ``ties="first"`` (``mask_mode: box``, which has no released code)
+    keeps the lowest, the teacher's boxes: detbin's order since the first version, kept so the
+    box-mode numbers of the README stay what they were measured as.
+    """
     k = round(gamma * len(scores))
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    last = {"last": True, "first": False}[ties]
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], -i if last else i))
     return sorted(order[:k])
 
 

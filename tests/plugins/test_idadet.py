@@ -54,6 +54,35 @@ def test_top_gamma_selection():
     assert select_top([], 0.6) == []
 
 
+def test_top_gamma_selection_keeps_the_highest_indices_on_a_tie():
+    # k = round(0.6 * 5) = 3: index 0, then two of the three tied at 1.0 -> the last two, as the released sort
+    assert select_top([3.0, 1.0, 1.0, 1.0, 0.5], 0.6) == [0, 2, 3]
+    assert select_top([0.0, 0.0], 0.6) == [1]  # round(1.2) = 1
+    assert select_top([3.0, 1.0, 1.0, 1.0, 0.5], 0.6, ties="first") == [0, 1, 2]  # box mode: the teacher's first
+
+
+def test_repo_mode_keeps_the_students_box_on_a_tie_at_the_cut():
+    from torchvision.models.detection.image_list import ImageList
+
+    cls = plugins.load("ida-det")
+    recipe = cls(cls.Params(mask_mode="repo"))
+    # 8x8 level of a 64x64 image: repo rows round(x / 8), columns round(y / 8).
+    # teacher box x 8..16 -> rows 1:2, y 8..40 -> columns 1:5; student box x 40..48 -> rows 5:6, same columns.
+    # Both spans are one row high, so both discrepancies are 0 (§2.4): a tie, and k = round(0.6 * 2) = 1.
+    pairs = [torch.tensor([[8.0, 8, 16, 40], [40.0, 8, 48, 40]])]  # [teacher; student] (§2.3)
+    maps = torch.randn(2, 1, 4, 8, 8)
+    mask, kept = recipe._mask(maps[0], maps[1], pairs, ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)]))
+    assert kept == 1
+    # the student's bands: rows 5:6 and (its columns used as rows) 1:5 -> rows 1..5, full width;
+    # the teacher's would be rows 1..4 only
+    expected = torch.zeros(1, 8, 8, dtype=torch.bool)
+    expected[0, 1:6, :] = True
+    assert torch.equal(mask, expected)
+    box = cls(cls.Params(mask_mode="box"))._mask(maps[0], maps[1], pairs, ImageList(torch.zeros(1, 3, 64, 64),
+                                                                                 [(64, 64)]))[0]
+    assert box[0, 1:5, 1:2].all() and box.sum() == 4  # box mode keeps the teacher's box: rows 1:5, column 1
+
+
 LEVEL, IMAGE, PADDED = (8, 10), (60, 75), (64, 80)  # level grid (H, W); image (h, w) before/after padding
 BOX_1, BOX_2 = [8.0, 16, 40, 32], [48.0, 4, 72, 20]
 
