@@ -8,7 +8,7 @@ Run folder (Ultralytics style, ``runs/<verb>/<name>``)::
     metrics.jsonl   one JSON object per logged interval and per evaluation
     results.csv     losses, lr, metrics per logged interval
     weights/last.pt student + recipe + optimizer/scheduler/RNG state (resume point)
-    weights/best.pt student only (no teacher, no optimizer), best test metric
+    weights/best.pt student only (no teacher, no optimizer), best test metric (with a data.val split: the best on it)
     plots/results.png
 
 The teacher is scored once at the start (``teacher/<metric>``).
@@ -83,6 +83,19 @@ class _TeacherScore(Hook):
         self.result.update(state["teacher"])
 
 
+class _FinalTest(Hook):
+    """With a validation split: the test split scores the final model once, after training."""
+
+    def __init__(self, evaluate: Any, on_result: Any) -> None:
+        self.evaluate, self.on_result = evaluate, on_result
+
+    def after_train(self, trainer: Trainer) -> None:
+        if trainer.iteration >= trainer.max_iterations:
+            metrics = self.evaluate(trainer.student)
+            trainer.student.model.train()
+            self.on_result(trainer, metrics)
+
+
 class SyncBuffers(Hook):
     """Ends a distributed run with rank 0's BatchNorm statistics on every rank."""
 
@@ -117,7 +130,9 @@ class Outputs:
     def make_last(self, trainer: Trainer) -> dict[str, Any]:
         return {**self.payload(self.final), "recipe_state": self.recipe.state_dict(), "trainer": trainer.state_dict()}
 
-    def hooks(self, config: RunConfig, evaluate: Any, extra: list[Hook]) -> list[Hook]:
+    def hooks(self, config: RunConfig, evaluate: Any, extra: list[Hook], validate: Any = None) -> list[Hook]:
+        """The run's hooks; with ``validate`` (a ``data.val`` split) the periodic evaluations and
+        the choice of ``best.pt`` use it, and ``evaluate`` (the test split) scores the final model."""
         logger = MetricsLogger(self.directory / "metrics.jsonl", self.directory / "results.csv", config.train.log_every)
 
         def on_result(trainer: Trainer, metrics: dict[str, float]) -> None:
@@ -125,10 +140,21 @@ class Outputs:
             self.final.update(metrics)
             logger.log_eval(trainer, metrics)
 
-        metric_key = evaluate.key
+        def save_best_on_val(trainer: Trainer, metrics: dict[str, float]) -> None:
+            self.save_best(trainer, {**metrics, "val/iteration": float(trainer.iteration)})
+
+        if validate is None:
+            evaluation: Hook = EvalHook(config.eval.every, evaluate.key, lambda t: evaluate(t.student), self.save_best,
+                                        on_result)
+            final: list[Hook] = []
+        else:
+            evaluation = EvalHook(config.eval.every, validate.key, lambda t: validate(t.student), save_best_on_val,
+                                  lambda t, m: logger.log_eval(t, m))
+            final = [_FinalTest(evaluate, on_result)]
         return [
             _TeacherScore(evaluate, logger, self.teacher_metrics),
-            EvalHook(config.eval.every, metric_key, lambda t: evaluate(t.student), self.save_best, on_result),
+            evaluation,
+            *final,
             logger,
             CheckpointHook(self.directory / "weights" / "last.pt", config.train.checkpoint_every, self.make_last),
             *extra,

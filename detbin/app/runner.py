@@ -176,9 +176,12 @@ def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distr
     recipe = build.build_recipe(config, options.source)
     train_set = build.build_dataset(config.data.train, options.data)
     test_set = build.build_dataset(config.data.test, options.data)
+    val_set = build.build_dataset(config.data.val, options.data) if config.data.val is not None else None
     check_train_split(train_set, config, ctx.world_size, options.source)
     check_annotations(train_set)
     check_annotations(test_set, config.eval.max_images)
+    if val_set is not None:
+        check_annotations(val_set, config.eval.max_images)
     classes = build.dataset_classes(train_set)
     models = build.build_models(config, recipe, classes, options.verb, options.teacher, options.teacher_arch,
                                 options.source)
@@ -200,7 +203,8 @@ def _run(config: RunConfig, raw: dict[str, Any], options: RunOptions, ctx: distr
         prepare_run_folder(directory, student, fresh=not options.resume)
         if not options.resume:
             write_run_files(directory, config, options, ctx, device)
-        hooks += outputs.hooks(config, build.Evaluation(config, test_set, classes), options.hooks)
+        validate = build.Evaluation(config, val_set, classes, prefix="val/") if val_set is not None else None
+        hooks += outputs.hooks(config, build.Evaluation(config, test_set, classes), options.hooks, validate)
     trainer = Trainer(student, recipe, build.train_loader(train_set, config, ctx.rank, ctx.world_size), optimizer,
                       plan.max_iterations, teacher=teacher, hooks=hooks, clip_grad=config.train.clip_grad,
                       amp=config.train.amp, device=device, milestones=plan.milestones, phases=recipe.phases(plan),

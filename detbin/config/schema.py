@@ -89,9 +89,16 @@ class DataSplit(_Strict):
 
 
 class DataSection(_Strict):
-    """``augment``: training augmentation, ``none`` (flips only) or ``ssd`` (ssd.pytorch's pipeline)."""
+    """``augment``: training augmentation, ``none`` (flips only) or ``ssd`` (ssd.pytorch's pipeline).
+
+    ``val``: a validation split. With it, the ``eval.every`` evaluations score ``val``, ``best.pt``
+    is the best checkpoint on it (its metrics record ``val/<metric>`` and ``val/iteration``), and
+    the test split scores the final model once, at the end. Without it (the papers' protocol,
+    and every shipped file), evaluations score the test split.
+    """
 
     train: DataSplit = DataSplit()
+    val: DataSplit | None = None
     test: DataSplit = DataSplit(split="test")
     flip: float = Field(default=0.5, ge=0, le=1)
     augment: Literal["none", "ssd"] = "none"

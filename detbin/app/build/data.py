@@ -158,14 +158,18 @@ def build_evaluator(metric: str, classes: Sequence[str], backend: str | None = N
 
 
 class Evaluation:
-    """Scores a detector on the test split with the run's metric, as ``{"voc07/mAP50": ...}``."""
+    """Scores a detector on one split with the run's metric, as ``{"voc07/mAP50": ...}``.
 
-    def __init__(self, config: RunConfig, test_set: Dataset, classes: tuple[str, ...]) -> None:
-        self.metric, self.max_images = config.eval.metric, config.eval.max_images
+    ``prefix`` names the split in the keys (``"val/"``: ``{"val/voc07/mAP50": ...}``); the test
+    split's keys carry none.
+    """
+
+    def __init__(self, config: RunConfig, test_set: Dataset, classes: tuple[str, ...], prefix: str = "") -> None:
+        self.metric, self.max_images, self.prefix = config.eval.metric, config.eval.max_images, prefix
         self.evaluator = build_evaluator(self.metric, classes)
         self.loader = test_loader(test_set, config.eval.batch_size)
-        self.key = f"{self.metric}/{'AP' if self.metric == 'coco' else 'mAP50'}"
+        self.key = f"{prefix}{self.metric}/{'AP' if self.metric == 'coco' else 'mAP50'}"
 
     def __call__(self, detector: Any) -> dict[str, float]:
         result = run_evaluation(detector, self.loader, self.evaluator, max_images=self.max_images)
-        return {self.key: result.mAP, **{f"{self.metric}/{k}": v for k, v in result.stats.items()}}
+        return {self.key: result.mAP, **{f"{self.prefix}{self.metric}/{k}": v for k, v in result.stats.items()}}
