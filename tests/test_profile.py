@@ -313,3 +313,12 @@ def test_student_checkpoint_is_profiled_as_is_and_refuses_a_second_layout(tmp_pa
     assert json.loads(result.stdout)["bops"] == profile(detector).bops > 0
     assert_one_line_error(invoke("profile", str(path), "--recipe", "bireal"), "already has binary layers",
                           "drop it")
+
+
+def test_the_default_roi_count_is_the_model_s_own_test_time_proposal_count():
+    """One convention for `profile`, `profile --compare` and the demo: rpn_post_nms_top_n_test."""
+    tiny = build_detector(tiny_config("fasterrcnn_resnet18_fpn", 6))
+    assert tiny.config.rpn_post_nms_top_n_test == 150 and profile(tiny).rois == 150
+    assert profile(tiny, rois=7).rois == 7
+    full = build_detector(DetectorConfig(arch="fasterrcnn_resnet18_fpn", num_classes=3))
+    assert profile(full, (64, 64)).rois == 1000  # torchvision's and the papers' test setting

@@ -97,7 +97,9 @@ def _print_cost(name: str, cost: Cost) -> None:
 
 
 def _print_compare(name: str, cost: Cost, other_name: str, other: Cost) -> None:
-    table = _table("comparison at the same input size and RoI count (ratio = OTHER / MODEL)")
+    size = f"{cost.image_size[0]}x{cost.image_size[1]}" if cost.image_size else "the same input size"
+    rois = f", {cost.rois} RoIs" if cost.rois else ""
+    table = _table(f"comparison at {size}{rois} (ratio = OTHER / MODEL)")
     for column in ("", f"MODEL: {name}", f"OTHER: {other_name}", "ratio"):
         table.add_column(column, justify="left" if not column else "right", overflow="fold")
     ratios = cost.ratios(other)
@@ -117,7 +119,9 @@ def profile_command(
     recipe: Annotated[str | None, typer.Option(help="Apply this recipe's binarization layout to MODEL first.")] = None,
     image_size: Annotated[tuple[int, int] | None, typer.Option(
         help="Network input H W (default: the model's min_size x max_size).")] = None,
-    rois: Annotated[int, typer.Option(help="RoIs through a two-stage RoI head (the papers test with 1000).")] = 1000,
+    rois: Annotated[int | None, typer.Option(
+        help="RoIs through a two-stage RoI head (default: the model's test-time proposal count, "
+             "rpn_post_nms_top_n_test: 1000 for full-size models, as the papers test; 150 for the tiny configs).")] = None,
     num_classes: Annotated[int, typer.Option(help="Classes incl. background, for architecture names.")] = 21,
     compare: Annotated[str | None, typer.Option(
         help="Another checkpoint or architecture, counted at the same size; prints OTHER/MODEL ratios.")] = None,
@@ -130,12 +134,12 @@ def profile_command(
 
     if image_size is not None and min(image_size) <= 0:
         raise ConfigError(f"--image-size {image_size[0]} {image_size[1]}: both sides must be positive")
-    if rois <= 0:
+    if rois is not None and rois <= 0:
         raise ConfigError(f"--rois {rois}: must be at least 1")
     cost = profile(build.load_target(model, recipe, num_classes, arch), image_size, rois)
     other = None
-    if compare is not None:
-        other = profile(build.load_target(compare, None, num_classes, arch), cost.image_size, rois)
+    if compare is not None:  # the other model at MODEL's input size and RoI count
+        other = profile(build.load_target(compare, None, num_classes, arch), cost.image_size, cost.rois or rois)
     if as_json:
         report = {"model": model, "recipe": recipe, **cost.to_dict()}
         if other is not None:

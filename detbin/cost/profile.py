@@ -302,13 +302,15 @@ def _count_parts(model: nn.Module, size: tuple[int, int], rois: int) -> list[tup
     return [("backbone", backbone), ("rpn", rpn), ("roi_head", roi)]
 
 
-def profile(detector: Detector, image_size: Sequence[int] | None = None, rois: int = 1000) -> Cost:
+def profile(detector: Detector, image_size: Sequence[int] | None = None, rois: int | None = None) -> Cost:
     """Count the cost of ``detector`` at ``image_size`` (H, W) with ``rois`` proposals.
 
     Args:
         image_size: network input size in pixels; default the detector's
             ``(min_size, max_size)`` (600x1000 for the papers' VOC setting, 300x300 for SSD300).
-        rois: proposals through the RoI head of two-stage detectors (the papers test with 1000).
+        rois: proposals through the RoI head of two-stage detectors; default the detector's own
+            test-time count ``rpn_post_nms_top_n_test`` (1000, the papers' setting, for full-size
+            torchvision models; 150 for the tiny CPU configs), so one model has one RoI convention.
 
     Raises:
         ConfigError: a non-positive image side or RoI count.
@@ -317,6 +319,8 @@ def profile(detector: Detector, image_size: Sequence[int] | None = None, rois: i
     size = (int(image_size[0]), int(image_size[1])) if image_size else tuple(detector.config.input_size)
     if min(size) <= 0:
         raise ConfigError(f"image size {size[0]}x{size[1]}: both sides must be positive (--image-size H W)")
+    if rois is None:
+        rois = int(getattr(detector.config, "rpn_post_nms_top_n_test", 1000))
     if rois <= 0:
         raise ConfigError(f"rois {rois}: a two-stage head needs at least 1 RoI (--rois N)")
     with _eval_mode(model):
