@@ -25,4 +25,4 @@ def data_synthetic(
     from detbin.data.synthetic import CLASSES, write_dataset
 
     path = write_dataset(out_dir, train, test, seed, overwrite)
-    out.print(f"synthetic set in {path}: {train} trainval + {test} test images, classes {', '.join(CLASSES)}")
+    out.print(f"synthetic set in {path}: {train} trainval + {test} test images, classes {', '.join(CLASSES)}", markup=False)

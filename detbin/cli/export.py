@@ -58,22 +58,23 @@ def export_command(
     if as_json:
         out.print_json(json.dumps({**done.to_dict(), "run_dir": str(folder)}))
         return
-    out.print(f"[bold]{model}[/] ({done.kind}{', ' + done.recipe if done.recipe else ''}) -> {folder}")
+    out.print(f"{model} ({done.kind}{', ' + done.recipe if done.recipe else ''}) -> {folder}", markup=False,
+              highlight=False)
     for fmt in chosen:
         where = folder / done.files[fmt]
         files = f"{where} + {where.with_suffix('.bin').name}" if fmt == "openvino" else str(where)
-        out.print(f"  {fmt:9s} {files}  {_mb(done.sizes[fmt])}  {_WHAT[fmt]}", soft_wrap=True)
+        out.print(f"  {fmt:9s} {files}  {_mb(done.sizes[fmt])}  {_WHAT[fmt]}", soft_wrap=True, markup=False)
     if "packed" in done.sizes:
         parts = done.packed_parts
         out.print(f"packed {_mb(done.sizes['packed'])} vs detbin profile's accounted memory "
                   f"{_mb(done.accounted_bytes)}: {done.sizes['packed'] / done.accounted_bytes:.3f}x "
                   f"(beyond it: BN running statistics {parts['bn_running'] / 1e3:.1f} kB, header "
-                  f"{parts['header'] / 1e3:.1f} kB)", soft_wrap=True)
+                  f"{parts['header'] / 1e3:.1f} kB)", soft_wrap=True, markup=False)
     if done.binary_convolutions is not None:
         out.print(f"openvino: {done.binary_convolutions} BinaryConvolution layers for {done.binarized_convs} binary "
                   f"convs ({done.binary_calls} calls: the RPN conv runs once per FPN level) at input "
                   f"{done.image_size[0]}x{done.image_size[1]}; outputs vs the torch simulation: max relative "
-                  f"difference {done.openvino_max_rel_diff:.1e}", soft_wrap=True)
+                  f"difference {done.openvino_max_rel_diff:.1e}", soft_wrap=True, markup=False)
     if "onnx" in chosen:
         out.print("onnx: binary convs are stored and run as float convs (the simulation); only the OpenVINO "
-                  "export runs 1-bit kernels", soft_wrap=True)
+                  "export runs 1-bit kernels", soft_wrap=True, markup=False)

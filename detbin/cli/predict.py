@@ -68,4 +68,5 @@ def predict_command(
         out.print_json(json.dumps({k: v for k, v in summary.items() if k != "images"}))
         return
     out.print(f"{total} images, {summary['detections']} detections with score >= {conf} ({predictor.label}) "
-              f"-> {folder}: drawings <stem>.png, detections.json (COCO results), predictions.json", soft_wrap=True)
+              f"-> {folder}: drawings <stem>.png, detections.json (COCO results), predictions.json", soft_wrap=True,
+              markup=False)
