@@ -165,7 +165,7 @@ def run_demo(root: Path, hooks_for: Callable[[str], list[Any]], status: Callable
                                      hooks_for(f"[3/4] student ({STUDENT_RECIPE})"), scored)
     seconds["student"] = time.perf_counter() - start
     start = time.perf_counter()
-    status("[4/4] comparing the teacher and the student (VOC07 mAP from their checkpoints, cost by detbin.profile)")
+    status("[4/4] comparing both: VOC07 mAP from their checkpoints, cost by detbin.profile")
     rows = [_row("teacher (32-bit)", teacher, teacher_reused),
             _row(f"student (1-bit, {STUDENT_RECIPE})", student, student_reused)]
     seconds["compare"] = time.perf_counter() - start
