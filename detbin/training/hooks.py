@@ -208,7 +208,11 @@ class MetricsLogger(Hook):
         if not csv_row:
             return
         new = not self.csv_path.exists()
-        fields = list(record) if new else next(csv.reader(self.csv_path.open()))
+        if new:
+            fields = list(record)
+        else:
+            with self.csv_path.open(newline="") as existing:  # the header of the first row decides the columns
+                fields = next(csv.reader(existing))
         with self.csv_path.open("a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
             if new:
