@@ -149,7 +149,7 @@ class Outputs:
             final: list[Hook] = []
         else:
             evaluation = EvalHook(config.eval.every, validate.key, lambda t: validate(t.student), save_best_on_val,
-                                  lambda t, m: logger.log_eval(t, m))
+                                  logger.log_eval)
             final = [_FinalTest(evaluate, on_result)]
         return [
             _TeacherScore(evaluate, logger, self.teacher_metrics),
