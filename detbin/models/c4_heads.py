@@ -14,12 +14,11 @@ change only what BiDet needs:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
-from detbin.models.heads import RPN, BoxRoIHeads
+from detbin.models.heads import RPN, BoxRoIHeads, fast_rcnn_losses
 from detbin.models.location import LocationSampler, mean_half_of
 
 __all__ = ["RealRPNHead", "BiDetRPNHead", "BoxPredictor", "C4RPN", "C4RoIHeads"]
@@ -174,9 +173,4 @@ class C4RoIHeads(BoxRoIHeads):
         proposals = self.sampled_proposals(proposals)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
-        labels_all, targets_all = torch.cat(labels, dim=0), torch.cat(regression_targets, dim=0)
-        positive = torch.where(labels_all > 0)[0]
-        per_class = box_regression.reshape(class_logits.shape[0], -1, 4)
-        box_loss = F.smooth_l1_loss(per_class[positive, labels_all[positive]], targets_all[positive],
-                                    beta=self.box_beta, reduction="sum") / max(labels_all.numel(), 1)
-        return [], {"loss_classifier": F.cross_entropy(class_logits, labels_all), "loss_box_reg": box_loss}
+        return [], fast_rcnn_losses(class_logits, box_regression, labels, regression_targets, self.box_beta)

@@ -19,7 +19,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from detbin.core.errors import ConfigError
 
-__all__ = ["RPN", "BoxRoIHeads", "use_heads", "set_box_loss", "TORCHVISION_BETA"]
+__all__ = ["RPN", "BoxRoIHeads", "fast_rcnn_losses", "use_heads", "set_box_loss", "TORCHVISION_BETA"]
 
 TORCHVISION_BETA = 1.0 / 9.0
 
@@ -59,12 +59,23 @@ class BoxRoIHeads(RoIHeads):
         proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
-        labels_all, targets_all = torch.cat(labels, dim=0), torch.cat(regression_targets, dim=0)
-        positive = torch.where(labels_all > 0)[0]
-        box_regression = box_regression.reshape(class_logits.shape[0], -1, 4)
-        box_loss = F.smooth_l1_loss(box_regression[positive, labels_all[positive]], targets_all[positive],
-                                    beta=self.box_beta, reduction="sum") / labels_all.numel()
-        return [], {"loss_classifier": F.cross_entropy(class_logits, labels_all), "loss_box_reg": box_loss}
+        return [], fast_rcnn_losses(class_logits, box_regression, labels, regression_targets, self.box_beta)
+
+
+def fast_rcnn_losses(class_logits: Tensor, box_regression: Tensor, labels: list[Tensor],
+                     regression_targets: list[Tensor], beta: float) -> dict[str, Tensor]:
+    """torchvision's ``fastrcnn_loss`` with the smooth-L1 ``beta`` as a parameter (0: L1).
+
+    ``class_logits`` ``[R, K]``, ``box_regression`` ``[R, 4K]`` (a class-agnostic head repeats its 4
+    deltas), ``labels`` / ``regression_targets`` per image; the box loss is summed over the
+    positives and divided by all ``R`` sampled RoIs, as torchvision does.
+    """
+    labels_all, targets_all = torch.cat(labels, dim=0), torch.cat(regression_targets, dim=0)
+    positive = torch.where(labels_all > 0)[0]
+    per_class = box_regression.reshape(class_logits.shape[0], -1, 4)
+    box_loss = F.smooth_l1_loss(per_class[positive, labels_all[positive]], targets_all[positive],
+                                beta=beta, reduction="sum") / max(labels_all.numel(), 1)
+    return {"loss_classifier": F.cross_entropy(class_logits, labels_all), "loss_box_reg": box_loss}
 
 
 def use_heads(model: torch.nn.Module) -> torch.nn.Module:
