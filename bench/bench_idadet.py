@@ -5,15 +5,23 @@ the same number of steps with the same optimizer (the ``tiny_synthetic`` recipe 
 the method differs. "ida-det student, no KD" is IDa-Det's own student (BiConv, binary 3x3
 laterals, PReLU, x5 L1 losses) with the distillation weight at 0, the paper's "w/o KD" row:
 it separates the effect of the distillation from that of the architecture. ``--ablations`` adds
-students with parts of that architecture changed (see ABLATIONS). Prints VOC07 mAP per seed, mean
-and standard deviation, and the step-time overhead of ida-det over reactnet (teacher forward
-included).
+students with parts of that architecture changed (ABLATIONS); ``--isolation`` the rows that take
+BiConv apart on the no-KD student (ISOLATION: learned vs detached scale, the mu pull, the weight
+gradient's scale, the released init, the scale-gradient form). ``--rows SLUG ...`` runs only
+those rows. Prints VOC07 mAP per seed, mean and standard deviation, and the step-time overhead of
+ida-det over reactnet (teacher forward included).
+
+Two optimizer families (``--optimizer``): ``adam`` is the tiny recipe files' own setting (Adam 1e-3,
+cosine, 100 warm-up steps, clip 10); ``sgd`` is the paper's family (methods.md §2.10: SGD momentum 0.9,
+weight decay 1e-4, clip 35, linear warm-up from 0.001, lr x0.1 at 2/3 and 8/9 of the run, i.e. the
+paper's epochs 8 and 11 of 12) at the paper's lr scaled linearly to the tiny batch: 0.004 for 4
+images -> 0.008 for 8 (``--lr``, ``--clip`` to change them), one setting for every method.
 
 Runs are cached under ``--out`` (a finished run is not trained again), so the script can be
-interrupted and restarted. A student takes about 3.5 minutes on two CPU cores: the 15 of the
-main table about an hour, ``--ablations`` adds 18 more. Usage::
+interrupted and restarted. A student takes 5-8 minutes on one CPU thread. Usage::
 
-    python bench/bench_idadet.py [--seeds 0 1 2] [--steps 600] [--out runs/bench] [--ablations]
+    python bench/bench_idadet.py [--seeds 0 1 2] [--steps 600] [--out runs/bench] [--optimizer adam|sgd]
+        [--ablations] [--isolation] [--rows SLUG ...] [--threads 1]
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -30,28 +39,61 @@ from detbin import config as cfg
 from detbin.app.runner import RunOptions, run
 from detbin.data.synthetic import write_dataset
 
-METHODS = {  # label: (recipe, overrides)
-    "reactnet (no KD)": ("reactnet", []),
-    "fgfi": ("fgfi", []),
-    "ida-det (mask repo)": ("ida-det", ["params.mask_mode=repo"]),
-    "ida-det (mask box)": ("ida-det", ["params.mask_mode=box"]),
+TRAIN_IMAGES, TEST_IMAGES = 2000, 500
+SGD_LR = 0.008  # --optimizer sgd: the released lr 0.004 for 4 images, scaled linearly to the tiny batch of 8
+SGD_CLIP = 35.0  # --optimizer sgd: the released grad-clip max-norm (methods.md §2.10)
+
+
+class Row(NamedTuple):
+    label: str
+    recipe: str
+    overrides: list[str]
+    slug: str  # run folder: <recipe>-<slug>[-sgd<lr>]-seed<seed>
+
+
+METHODS = [
+    Row("reactnet (no KD)", "reactnet", [], "default"),
+    Row("fgfi", "fgfi", [], "default"),
+    Row("ida-det (mask repo)", "ida-det", ["params.mask_mode=repo"], "repo"),
+    Row("ida-det (mask box)", "ida-det", ["params.mask_mode=box"], "box"),
     # the paper's "w/o KD" row: the same BiRes18 student and x5 L1 losses, no distillation
-    "ida-det student, no KD": ("ida-det", ["params.kd_weight=0.0"]),
-}
+    Row("ida-det student, no KD", "ida-det", ["params.kd_weight=0.0"], "0.0"),
+]
 
 # --ablations: which part of IDa-Det's student costs mAP in this short from-teacher schedule.
 # BiConv -> XNOR's detached per-channel scale (no learned scale, no reconstruction pull mu), and the
 # added neck/RPN PReLUs started at slope 1 (identity, so the copied teacher's function is kept).
 _HARD = "binarize.weight={name: scaled_sign, detach_scale: true}"
-ABLATIONS = {  # label: (recipe, overrides, run-name slug)
-    "no KD, both": ("ida-det", ["params.kd_weight=0.0", _HARD, "params.prelu_init=1.0"], "nokd-both"),
-    "KD box, both": ("ida-det", ["params.mask_mode=box", _HARD, "params.prelu_init=1.0"], "box-both"),
-    "KD repo, both": ("ida-det", ["params.mask_mode=repo", _HARD, "params.prelu_init=1.0"], "repo-both"),
-    "no KD, XNOR weights": ("ida-det", ["params.kd_weight=0.0", _HARD], "nokd-xnorw"),
-    "no KD, PReLU slope 1": ("ida-det", ["params.kd_weight=0.0", "params.prelu_init=1.0"], "nokd-prelu1"),
+_NOKD = "params.kd_weight=0.0"
+ABLATIONS = [
+    Row("no KD, both", "ida-det", [_NOKD, _HARD, "params.prelu_init=1.0"], "nokd-both"),
+    Row("KD box, both", "ida-det", ["params.mask_mode=box", _HARD, "params.prelu_init=1.0"], "box-both"),
+    Row("KD repo, both", "ida-det", ["params.mask_mode=repo", _HARD, "params.prelu_init=1.0"], "repo-both"),
+    Row("no KD, XNOR weights", "ida-det", [_NOKD, _HARD], "nokd-xnorw"),
+    Row("no KD, PReLU slope 1", "ida-det", [_NOKD, "params.prelu_init=1.0"], "nokd-prelu1"),
     # = recipes/ida-det/tiny_synthetic_xnor_weights.yaml
-    "KD box, XNOR weights": ("ida-det", ["params.mask_mode=box", _HARD], "box-xnorw"),
-}
+    Row("KD box, XNOR weights", "ida-det", ["params.mask_mode=box", _HARD], "box-xnorw"),
+]
+
+# --isolation: BiConv taken apart on the no-KD student, one change from the paper's BiConv per row
+# (plugins/detbin_idadet/biconv.py documents each option).
+ISOLATION = [
+    Row("no KD, BiConv mu=0", "ida-det", [_NOKD, "params.mu=0.0"], "nokd-mu0"),
+    Row("no KD, BiConv grad c|s|G (plain STE)", "ida-det", [_NOKD, "params.weight_grad=forward"], "nokd-gforward"),
+    Row("no KD, BiConv grad G (identity)", "ida-det", [_NOKD, "params.weight_grad=identity"], "nokd-gidentity"),
+    Row("no KD, BiConv scale frozen at init", "ida-det", [_NOKD, "params.scale_mode=frozen"], "nokd-sfrozen"),
+    Row("no KD, BiConv scale = detached mean|W| (XNOR's)", "ida-det", [_NOKD, "params.scale_mode=mean_abs"],
+        "nokd-smeanabs"),
+    Row("no KD, BiConv exact scale grad", "ida-det", [_NOKD, "params.scale_grad=exact"], "nokd-sexact"),
+    # under Adam c only sets how fast the learned scale moves (s = alpha / c): c = 1 moves it 50x faster
+    Row("no KD, BiConv c=1", "ida-det", [_NOKD, "params.scale_c=1.0"], "nokd-c1"),
+    Row("no KD, BiConv randn init", "ida-det", [_NOKD, "params.scale_init=randn"], "nokd-randn"),
+    Row("no KD, task weight 1", "ida-det", [_NOKD, "params.task_weight=1.0"], "nokd-tw1"),
+    Row("no KD, XNOR weights, task weight 1", "ida-det", [_NOKD, _HARD, "params.task_weight=1.0"], "nokd-xnorw-tw1"),
+]
+
+ALL_ROWS = {**dict(zip(["reactnet", "fgfi", "ida-repo", "ida-box", "nokd"], METHODS)),
+            **{row.slug: row for row in [*ABLATIONS, *ISOLATION]}}
 
 
 def teacher(out: Path, data: Path) -> Path:
@@ -63,33 +105,60 @@ def teacher(out: Path, data: Path) -> Path:
     return best
 
 
-def run_name(recipe: str, overrides: list[str], slug: str | None, seed: int) -> str:
-    return f"{recipe}-{slug or '-'.join(o.split('=')[1] for o in overrides) or 'default'}-seed{seed}"
+def optimizer_overrides(family: str, lr: float, clip: float, steps: int, batch_size: int) -> list[str]:
+    """``--set`` keys of the optimizer family; ``adam`` keeps the recipe file's own section.
+
+    ``sgd``: milestones at 2/3 and 8/9 of the run, in epochs (``build_scheduler`` multiplies by
+    the iterations per epoch, ``TRAIN_IMAGES // batch_size`` with drop-last batches).
+    """
+    if family == "adam":
+        return []
+    per_epoch = TRAIN_IMAGES // batch_size
+    milestones = [round(steps * 2 / 3 / per_epoch, 6), round(steps * 8 / 9 / per_epoch, 6)]
+    schedule = f"{{name: step, warmup_iters: 100, warmup_factor: 0.001, milestones: {milestones}, gamma: 0.1}}"
+    return [f"train.optimizer={{name: sgd, lr: {lr}, momentum: 0.9, weight_decay: 1.0e-4}}",
+            f"train.schedule={schedule}", f"train.clip_grad={clip}"]
 
 
-def student(out: Path, data: Path, teacher_path: Path, recipe: str, overrides: list[str], seed: int,
-            steps: int, slug: str | None = None) -> dict:
-    name = run_name(recipe, overrides, slug, seed)
-    done = out / "students" / name / "result.json"
+def run_name(row: Row, seed: int, family: str, lr: float, clip: float) -> str:
+    suffix = "" if family == "adam" else f"-sgd{lr:g}" + ("" if clip == SGD_CLIP else f"-clip{clip:g}")
+    return f"{row.recipe}-{row.slug}{suffix}-seed{seed}"
+
+
+def student(out: Path, data: Path, teacher_path: Path, row: Row, seed: int, steps: int, family: str, lr: float,
+            clip: float) -> dict:
+    directory = out / "students" / run_name(row, seed, family, lr, clip)
+    done = directory / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    path = cfg.recipes_dir() / recipe / "tiny_synthetic.yaml"
-    config, raw = cfg.load(path, [*overrides, f"train.seed={seed}", f"train.max_iterations={steps}"])
+    path = cfg.recipes_dir() / row.recipe / "tiny_synthetic.yaml"
+    batch_size = cfg.load(path)[0].train.batch_size
+    overrides = [*row.overrides, *optimizer_overrides(family, lr, clip, steps, batch_size),
+                 f"train.seed={seed}", f"train.max_iterations={steps}"]
+    config, raw = cfg.load(path, overrides)
     start = time.perf_counter()
-    result = run(config, raw, RunOptions(verb="binarize", directory=out / "students" / name, data=data,
-                                         teacher=teacher_path, source=str(path)))
+    result = run(config, raw, RunOptions(verb="binarize", directory=directory, data=data, teacher=teacher_path,
+                                         source=str(path)))
     summary = {"mAP": result.metrics["voc07/mAP50"], "teacher": result.teacher_metrics["teacher/voc07/mAP50"],
-               "seconds": time.perf_counter() - start}
+               "seconds": time.perf_counter() - start, "overrides": overrides}
     done.write_text(json.dumps(summary))
     return summary
 
 
-def seconds_per_step(out: Path, recipe: str, overrides: list[str]) -> float:
-    """Mean s/step of the finished seed-0 run, from its metrics log (steps after warm-up)."""
-    name = run_name(recipe, overrides, None, 0)
-    records = [json.loads(line) for line in (out / "students" / name / "metrics.jsonl").read_text().splitlines()]
+def seconds_per_step(directory: Path) -> float:
+    """Mean s/step of a finished run, from its metrics log (steps after warm-up)."""
+    records = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
     values = [r["seconds_per_iter"] for r in records if "seconds_per_iter" in r and r["iteration"] > 100]
     return statistics.mean(values)
+
+
+def selected_rows(args: argparse.Namespace) -> list[Row]:
+    if args.rows:
+        unknown = [s for s in args.rows if s not in ALL_ROWS]
+        if unknown:
+            raise SystemExit(f"unknown rows {unknown}; valid: {', '.join(ALL_ROWS)}")
+        return [ALL_ROWS[s] for s in args.rows]
+    return [*METHODS, *(ABLATIONS if args.ablations else []), *(ISOLATION if args.isolation else [])]
 
 
 def main() -> None:
@@ -97,30 +166,37 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    parser.add_argument("--lr", type=float, default=SGD_LR, help="learning rate of --optimizer sgd")
+    parser.add_argument("--clip", type=float, default=SGD_CLIP, help="gradient-norm clip of --optimizer sgd")
     parser.add_argument("--ablations", action="store_true", help="also the student ablations (ABLATIONS)")
+    parser.add_argument("--isolation", action="store_true", help="also BiConv's isolation rows (ISOLATION)")
+    parser.add_argument("--rows", nargs="+", help=f"only these rows: {', '.join(ALL_ROWS)}")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    data = write_dataset(args.out / "data", 2000, 500, seed=0)
+    torch.set_num_threads(args.threads)
+    data = write_dataset(args.out / "data", TRAIN_IMAGES, TEST_IMAGES, seed=0)
     teacher_path = teacher(args.out, data)
-    rows = {}
-    for label, (recipe, overrides) in METHODS.items():
-        rows[label] = [student(args.out, data, teacher_path, recipe, overrides, seed, args.steps)
-                       for seed in args.seeds]
-    for label, (recipe, overrides, slug) in (ABLATIONS.items() if args.ablations else []):
-        rows[label] = [student(args.out, data, teacher_path, recipe, overrides, seed, args.steps, slug)
-                       for seed in args.seeds]
-    teacher_map = rows["reactnet (no KD)"][0]["teacher"]
-    print(f"synthetic test split (500 images), VOC07 mAP; teacher {teacher_map:.4f}; {args.steps} steps per student")
-    print(f"{'method':22s} " + " ".join(f"seed {s:<5d}" for s in args.seeds) + "   mean    std")
-    for label, results in rows.items():
+    rows = [(row, [student(args.out, data, teacher_path, row, seed, args.steps, args.optimizer, args.lr, args.clip)
+                   for seed in args.seeds]) for row in selected_rows(args)]
+    family = "Adam 1e-3 cosine" if args.optimizer == "adam" else f"SGD {args.lr:g} step, clip {args.clip:g}"
+    teacher_map = rows[0][1][0]["teacher"]
+    print(f"synthetic test split ({TEST_IMAGES} images), VOC07 mAP; teacher {teacher_map:.4f}; "
+          f"{args.steps} steps per student, {family}")
+    print(f"{'method':40s} " + " ".join(f"seed {s:<5d}" for s in args.seeds) + "   mean    std")
+    for row, results in rows:
         values = [r["mAP"] for r in results]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"{label:22s} " + " ".join(f"{v:10.4f}" for v in values) + f"  {statistics.mean(values):.4f} "
+        print(f"{row.label:40s} " + " ".join(f"{v:10.4f}" for v in values) + f"  {statistics.mean(values):.4f} "
               f"{spread:.4f}")
-    base = seconds_per_step(args.out, "reactnet", [])
-    for label, (recipe, overrides) in list(METHODS.items())[1:]:
-        per_step = seconds_per_step(args.out, recipe, overrides)
-        print(f"step time {label}: {per_step:.3f} s vs reactnet {base:.3f} s = x{per_step / base:.2f}")
+    base = ALL_ROWS["reactnet"]
+    if any(row == base for row, _ in rows):
+        folder = args.out / "students" / run_name(base, args.seeds[0], args.optimizer, args.lr, args.clip)
+        base_step = seconds_per_step(folder)
+        for row in [r for r, _ in rows if r.recipe != "reactnet"]:
+            per_step = seconds_per_step(folder.parent / run_name(row, args.seeds[0], args.optimizer, args.lr,
+                                                                  args.clip))
+            print(f"step time {row.label}: {per_step:.3f} s vs reactnet {base_step:.3f} s = x{per_step / base_step:.2f}")
 
 
 if __name__ == "__main__":

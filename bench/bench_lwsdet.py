@@ -14,7 +14,8 @@ switched off). Runs are cached (a finished run is not trained again). An lws-det
 about twice a reactnet one (teacher forward and 25 layer losses per step). Usage::
 
     python bench/bench_lwsdet.py [--seeds 0 1 2] [--steps 600] [--out runs/bench-lws] [--data DIR]
-        [--teacher T.pt] [--baselines runs/bench] [--sweep [SLUG ...]] [--only-sweep] [--threads 1]
+        [--teacher T.pt] [--baselines runs/bench] [--modes joint search_then_train] [--sweep [SLUG ...]]
+        [--only-sweep] [--threads 1]
 """
 
 from __future__ import annotations
@@ -28,38 +29,41 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_idadet import METHODS as IDA_METHODS  # noqa: E402  (the baseline rows, named as that script names them)
-from bench_idadet import run_name, student, teacher  # noqa: E402
+from bench_idadet import ALL_ROWS, Row, run_name, student, teacher
 
-from detbin.data.synthetic import write_dataset  # noqa: E402
-from detbin.models import checkpoint  # noqa: E402
+from detbin.data.synthetic import write_dataset
+from detbin.models import checkpoint
 
-LWS = {  # label: (overrides, run-name slug); the tiny file's setting, both optimisation structures
-    "lws-det (joint)": ([], "joint"),
-    "lws-det (search_then_train)": (["params.lws_mode=search_then_train"], "stt"),
+LWS = {  # --modes: the tiny file's setting in both optimisation structures
+    "joint": Row("lws-det (joint)", "lws-det", [], "joint"),
+    "search_then_train": Row("lws-det (search_then_train)", "lws-det", ["params.lws_mode=search_then_train"], "stt"),
 }
 # --sweep (seed 0): lambda on the layer terms, the logits' own Adam lr, and the layer losses off
 # (the lws student with L_GT + L_Lim only). Every value is explicit, so the runs keep their meaning
 # whatever the tiny file says.
-SWEEP = {
-    f"lambda {lam}, logits lr {lr}": ([f"params.lambda={lam}", f"params.search_lr={lr}"], f"lam{lam}-slr{lr}")
-    for lam, lr in ((1.0, 1e-3), (0.1, 1e-3), (0.01, 1e-3), (0.1, 1e-2), (0.01, 1e-2))
-} | {"no layer losses (lambda 0, mu 0)": (["params.lambda=0.0", "params.mu=0.0"], "nolayer")}
-BASELINES = {label: IDA_METHODS[label] for label in ("reactnet (no KD)", "fgfi", "ida-det (mask repo)",
-                                                    "ida-det (mask box)")}
+SWEEP = [Row(f"sweep: lambda {lam}, logits lr {lr}", "lws-det", [f"params.lambda={lam}", f"params.search_lr={lr}"],
+             f"lam{lam}-slr{lr}") for lam, lr in ((1.0, 1e-3), (0.1, 1e-3), (0.01, 1e-3), (0.1, 1e-2), (0.01, 1e-2))]
+SWEEP.append(Row("sweep: no layer losses (lambda 0, mu 0)", "lws-det", ["params.lambda=0.0", "params.mu=0.0"],
+                 "nolayer"))
+BASELINES = [ALL_ROWS[slug] for slug in ("reactnet", "fgfi", "ida-repo", "ida-box")]  # bench_idadet.py's rows
 
 
-def baseline(baselines: Path | None, out: Path, data: Path, teacher_path: Path, recipe: str, overrides: list[str],
-             seed: int, steps: int, train: bool) -> dict | None:
+def _student(out: Path, data: Path, teacher_path: Path, row: Row, seed: int, steps: int) -> dict:
+    """A run with the tiny files' own (Adam) optimizer, as bench_idadet.py's default family."""
+    return student(out, data, teacher_path, row, seed, steps, "adam", 0.0, 0.0)
+
+
+def baseline(baselines: Path | None, out: Path, data: Path, teacher_path: Path, row: Row, seed: int, steps: int,
+             train: bool) -> dict | None:
     """A baseline row: read from ``baselines`` when finished there, else trained into ``out`` (``train``)."""
+    name = run_name(row, seed, "adam", 0.0, 0.0)
     if baselines is not None:
-        done = baselines / "students" / run_name(recipe, overrides, None, seed) / "result.json"
+        done = baselines / "students" / name / "result.json"
         if done.is_file():
             return {**json.loads(done.read_text()), "folder": str(done.parent)}
     if not train:
         return None
-    folder = out / "students" / run_name(recipe, overrides, None, seed)
-    return {**student(out, data, teacher_path, recipe, overrides, seed, steps), "folder": str(folder)}
+    return {**_student(out, data, teacher_path, row, seed, steps), "folder": str(out / "students" / name)}
 
 
 def search_report(run: Path, teacher_path: Path) -> dict[str, float]:
@@ -81,10 +85,9 @@ def search_report(run: Path, teacher_path: Path) -> dict[str, float]:
     return {"flips": flipped / total, "alpha/init": statistics.median(ratios)}
 
 
-def lws_row(out: Path, data: Path, teacher_path: Path, overrides: list[str], slug: str, seed: int,
-            steps: int) -> dict:
-    result = student(out, data, teacher_path, "lws-det", overrides, seed, steps, slug)
-    folder = out / "students" / run_name("lws-det", overrides, slug, seed)
+def lws_row(out: Path, data: Path, teacher_path: Path, row: Row, seed: int, steps: int) -> dict:
+    result = _student(out, data, teacher_path, row, seed, steps)
+    folder = out / "students" / run_name(row, seed, "adam", 0.0, 0.0)
     return {**result, **search_report(folder, teacher_path), "folder": str(folder)}
 
 
@@ -120,6 +123,8 @@ def main() -> None:
     parser.add_argument("--train-baselines", action="store_true", help="train baseline rows not found in --baselines")
     parser.add_argument("--sweep", nargs="*", metavar="SLUG", help="also the seed-0 sweep (SWEEP; slugs pick rows)")
     parser.add_argument("--only-sweep", action="store_true", help="the sweep alone")
+    parser.add_argument("--modes", nargs="+", choices=list(LWS), default=list(LWS),
+                        help="lws_mode rows to train (default: both)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -128,17 +133,16 @@ def main() -> None:
     teacher_path = args.teacher or teacher(args.out, data)
     rows: dict[str, list[dict | None]] = {}
     if args.sweep is not None:
-        for label, (overrides, slug) in SWEEP.items():
-            if args.sweep and slug not in args.sweep:
-                continue
-            rows[f"sweep: {label}"] = [lws_row(args.out, data, teacher_path, overrides, slug, 0, args.steps)]
+        for row in SWEEP:
+            if not args.sweep or row.slug in args.sweep:
+                rows[row.label] = [lws_row(args.out, data, teacher_path, row, 0, args.steps)]
     if not args.only_sweep:
-        for label, (overrides, slug) in LWS.items():
-            rows[label] = [lws_row(args.out, data, teacher_path, overrides, slug, seed, args.steps)
-                           for seed in args.seeds]
-        for label, (recipe, overrides) in BASELINES.items():
-            rows[label] = [baseline(args.baselines, args.out, data, teacher_path, recipe, overrides, seed, args.steps,
-                                    args.train_baselines) for seed in args.seeds]
+        for mode in args.modes:
+            row = LWS[mode]
+            rows[row.label] = [lws_row(args.out, data, teacher_path, row, seed, args.steps) for seed in args.seeds]
+        for row in BASELINES:
+            rows[row.label] = [baseline(args.baselines, args.out, data, teacher_path, row, seed, args.steps,
+                                        args.train_baselines) for seed in args.seeds]
     first = next(r for results in rows.values() for r in results if r is not None)
     print(f"synthetic test split (500 images), VOC07 mAP; teacher {first['teacher']:.4f}; {args.steps} steps per student")
     print("\n".join(table(rows, args.seeds if not args.only_sweep else [0])))

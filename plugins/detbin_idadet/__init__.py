@@ -59,6 +59,12 @@ class IDaDet(Recipe):
         log_weight: float = 1e-3  # §2.7: weight of log(sigma^2)
         scale_c: float = 0.02  # §2.2: BiConv's c
         mu: float = 1e-4  # §2.2 / Eq. 6.89: reconstruction pull
+        # BiConv's pieces, to take it apart (biconv.py; issue 16). Defaults: the repository's layer
+        # started from the copied real conv.
+        scale_init: Literal["xnor", "randn"] = "xnor"  # s = mean|W|/c (§2.1 [D]); randn: the layer's own init
+        weight_grad: Literal["repo", "forward", "identity"] = "repo"  # |s| G; c|s| G (plain STE); G
+        scale_grad: Literal["repo", "exact"] = "repo"  # sum G W ([Q]); the chain rule c sign(s) sum G sign(W)
+        scale_mode: Literal["learned", "frozen", "mean_abs"] = "learned"  # s trained; fixed; XNOR's mean|W|
         box_loss: Literal["l1", "smooth_l1"] = "l1"  # §1.9: L1 regression in the student config
         prelu_init: float = 0.25  # slope of the added neck/RPN PReLUs (PyTorch's, the repository's init)
         frozen_stages: int = 0  # repository: 1 (stem + stage 1) with its ImageNet-pretrained BiRes18
@@ -72,8 +78,9 @@ class IDaDet(Recipe):
         if spec.form != "reactnet":
             raise ConfigError("ida-det's student is fixed by the paper (§2.1): keep binarize.form reactnet "
                               "(binarize.weight may name another quantizer for ablations; biconv is the paper's)")
-        weight = ({"name": "biconv", "c": self.params.scale_c, "mu": self.params.mu} if spec.weight == "biconv"
-                  else spec.weight)
+        p = self.params
+        weight = ({"name": "biconv", "c": p.scale_c, "mu": p.mu, "init": p.scale_init, "weight_grad": p.weight_grad,
+                   "scale_grad": p.scale_grad, "scale": p.scale_mode} if spec.weight == "biconv" else spec.weight)
         swapped = apply_layout(student, dataclasses.replace(spec, weight=weight, activation_init=self.params.prelu_init))
         set_box_loss(student, 0.0 if self.params.box_loss == "l1" else 1.0 / 9.0)
         _freeze_stages(model.get_submodule(student.resnet_body), self.params.frozen_stages)

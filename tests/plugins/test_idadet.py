@@ -153,6 +153,77 @@ def test_biconv_forward_and_backward_match_the_formulas():
     assert torch.allclose(s.grad, expected_s)
 
 
+def _biconv_case(s_values):
+    torch.manual_seed(5)
+    w = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    s = torch.tensor(s_values, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    sign = torch.where(w >= 0, 1.0, -1.0).detach()
+    return w, s, g, sign
+
+
+@pytest.mark.parametrize("form", ["repo", "forward", "identity"])
+def test_biconv_weight_gradient_forms(form):
+    c, mu = 0.02, 1e-4
+    w, s, g, sign = _biconv_case([40.0, -25.0])
+    biconv_weight(w, s, c, mu, weight_grad=form).backward(g)
+    magnitude = torch.tensor([40.0, 25.0], dtype=torch.float64).view(-1, 1, 1, 1)
+    task = {"repo": magnitude * g, "forward": c * magnitude * g, "identity": g}[form]
+    assert torch.allclose(w.grad, task + mu * (w.detach() - c * magnitude * sign))
+    # the forward value and the scale gradient do not depend on the weight-gradient form
+    expected_s = (g * w.detach()).sum(dim=(1, 2, 3)) - mu * ((w.detach() - c * magnitude * sign) * c * sign).sum(
+        dim=(1, 2, 3))
+    assert torch.allclose(s.grad, expected_s)
+
+
+def test_biconv_exact_scale_gradient_is_the_chain_rule():
+    c, mu = 0.02, 1e-4
+    w, s, g, sign = _biconv_case([40.0, -25.0])  # a negative scale: the chain rule's sign(s) matters
+    biconv_weight(w, s, c, mu, scale_grad="exact").backward(g)
+    # independent reference: autograd of <G, W_hat> + (mu/2)||W - W_hat||^2 in s, sign(W) and W constants
+    s_ref = s.detach().clone().requires_grad_(True)
+    w_hat = c * s_ref.abs().view(-1, 1, 1, 1) * sign
+    ((g * w_hat).sum() + mu / 2 * (w.detach() - w_hat).pow(2).sum()).backward()
+    assert torch.allclose(s.grad, s_ref.grad)
+    # by hand for channel 1 (s = -25): c * (-1) * sum(G sign(W) - mu (W - W_hat) sign(W))
+    residual = w.detach()[1] - c * 25.0 * sign[1]
+    assert torch.isclose(s.grad[1], -c * ((g[1] - mu * residual) * sign[1]).sum())
+
+
+def test_biconv_frozen_scale_gets_no_gradient_and_mean_abs_tracks_the_weights():
+    weight = torch.randn(4, 2, 3, 3)
+    frozen = BiConvWeight(4, scale="frozen")
+    frozen.init_from(weight)
+    assert not frozen.scale.requires_grad
+    w = weight.clone().requires_grad_(True)
+    frozen(w).sum().backward()
+    assert frozen.scale.grad is None and w.grad is not None
+    tracked = BiConvWeight(4, scale="mean_abs", mu=0.0)
+    w = (weight * 3).requires_grad_(True)  # not the weight it was initialised from: the scale follows W
+    out = tracked(w)
+    alpha = w.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
+    assert torch.allclose(out, alpha * torch.where(w >= 0, 1.0, -1.0), atol=1e-6)
+    out.backward(torch.ones_like(out))
+    assert torch.allclose(w.grad, alpha / 0.02)  # repo form |s| G with s = mean|W| / c, mu = 0
+    signs, scale = tracked.deploy(w)  # the deployed scale is the same mean|W_o|, not the unused parameter
+    assert torch.equal(signs, torch.where(w >= 0, 1.0, -1.0)) and torch.allclose(scale, alpha)
+
+
+def test_biconv_randn_init_is_the_released_layers():
+    quantizer = BiConvWeight(64, init="randn")
+    torch.manual_seed(11)
+    quantizer.init_from(torch.randn(64, 2, 3, 3))
+    torch.manual_seed(11)
+    torch.randn(64, 2, 3, 3)  # the weight drawn above
+    assert torch.equal(quantizer.scale.detach(), torch.randn(64))
+    assert 0 < int((quantizer.scale < 0).sum()) < 64
+
+
+def test_biconv_options_are_checked():
+    with pytest.raises(ConfigError, match="weight_grad must be one of repo, forward, identity"):
+        BiConvWeight(4, weight_grad="ste")
+
+
 def test_biconv_reconstruction_pull_acts_without_task_gradient():
     w = torch.randn(4, 2, 3, 3, requires_grad=True)
     s = torch.full((4,), 10.0, requires_grad=True)
@@ -212,6 +283,15 @@ def test_ablation_knobs_weight_quantizer_and_prelu_slope():
     conv = student.model.backbone.body.layer1[0].conv1
     assert isinstance(conv.weight_quantizer, ScaledSign)
     assert torch.all(student.model.backbone.fpn.inner_blocks[0][1].weight == 1.0)
+
+
+def test_biconv_options_reach_every_binary_conv():
+    _, student, _, _ = ida_student(scale_init="randn", weight_grad="forward", scale_grad="exact",
+                                   scale_mode="frozen", mu=0.0)
+    quantizers_ = [m.weight_quantizer for m in student.model.modules() if isinstance(m, BinaryConv2d)]
+    assert len(quantizers_) == 25
+    assert all((q.init, q.weight_grad, q.scale_grad, q.scale_mode, q.mu) == ("randn", "forward", "exact", "frozen", 0.0)
+               for q in quantizers_)
 
 
 def test_layout_overrides_that_contradict_the_paper_fail():
