@@ -6,7 +6,9 @@
     # the synthetic benchmark: tiny teachers (detbin train), then 3 seeds of every student row, equal steps;
     # one single-threaded training process at a time; finished runs are skipped, so it can be restarted
     OMP_NUM_THREADS=1 python bench/bench_bidet.py run --data DIR --out RUNS [--rows ...] [--seeds 0 1 2]
-    python bench/bench_bidet.py table --out RUNS [--markdown]
+    python bench/bench_bidet.py table --out RUNS
+    # does D(G(f(x))) follow image difficulty? per autobidet run, against the per-image detection loss
+    python bench/bench_bidet.py correlation --out RUNS [--seeds 0 1 2] [--images 200]
 
 Cost counting is detbin's (:func:`detbin.profile`, fvcore checked against FlopCounterMode): FLOPs = real
 MACs, BOPs = binary MACs, OPs = FLOPs + BOPs / 64, memory = 32 bit per real parameter (BN, biases, XNOR
@@ -215,6 +217,58 @@ def table(args: argparse.Namespace) -> None:
               else f"| {row} | {' | '.join(cells)} | {mean} | {std} | {nan} | - |")
 
 
+# ---------------------------------------------------------------------------------------------- correlation
+def correlation(args: argparse.Namespace) -> None:
+    """Does D separate easy from hard images (issue 13)? Per finished autobidet run: Pearson and Spearman of
+    ``D(G(f(x)))`` against the trained student's per-image detection loss on the first ``--images`` test images
+    (the paper's claim predicts both negative: an easy image has a high D and a low loss)."""
+    import torch
+    from detbin_bidet.ces import output_size
+    from detbin_bidet.diagnostics import complexity_correlation, per_image_detection_losses
+    from detbin_bidet.features import extract
+
+    from detbin.app.build import build_dataset, build_models, build_recipe, dataset_classes
+    from detbin.app.runner import resume_options
+    from detbin.models import checkpoint
+
+    torch.set_num_threads(1)
+    results = {}
+    for seed in args.seeds:
+        folder = Path(args.out) / "binarize" / f"{args.row}-seed{seed}"
+        if not _done(folder):
+            print(f"{folder.name}: not finished, skipped")
+            continue
+        config, _, options = resume_options(folder)
+        recipe = build_recipe(config, options.source)
+        test_set = build_dataset(config.data.test, options.data)
+        models = build_models(config, recipe, dataset_classes(test_set), "binarize", options.teacher,
+                              options.teacher_arch, options.source)
+        student = models.student
+        recipe.prepare(student, models.teacher)
+        state = checkpoint.read(folder / "weights" / "last.pt")
+        checkpoint.load_state(student, state["model"], str(folder / "weights" / "last.pt"))
+        recipe.load_state_dict(state["recipe_state"])
+        student.model.eval()
+        recipe.ces.eval()
+        samples = [test_set[i] for i in range(min(args.images, len(test_set)))]
+        images = [image for image, _ in samples]
+        # the loss the student trained on: difficult objects left out, as in its training view
+        targets = [{"boxes": t["boxes"][~t["difficult"]], "labels": t["labels"][~t["difficult"]]} for _, t in samples]
+        d_values = []
+        with torch.no_grad():
+            for image in images:
+                f, batch, _, _ = extract(student.model, [image], recipe._feature)
+                d_values.append(float(recipe.ces.beta(f, output_size(tuple(batch.shape[-2:]), recipe._scale))[1][0]))
+        losses = per_image_detection_losses(student.model, images, targets)
+        stats = complexity_correlation(d_values, losses)
+        results[folder.name] = {**stats, "d_mean": statistics.mean(d_values), "d_min": min(d_values),
+                                "d_max": max(d_values)}
+        print(f"{folder.name}: n {stats['n']:.0f}  pearson {stats['pearson']:+.3f}  spearman {stats['spearman']:+.3f}"
+              f"  D in [{min(d_values):.3f}, {max(d_values):.3f}] mean {statistics.mean(d_values):.3f}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,8 +281,14 @@ def main() -> None:
         p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
         if name == "run":
             p.add_argument("--data", required=True, type=Path)
+    r = sub.add_parser("correlation")
+    r.add_argument("--out", required=True, type=Path)
+    r.add_argument("--row", default="ssd_autobidet", choices=[k for k in ROWS if "autobidet" in k])
+    r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    r.add_argument("--images", type=int, default=200, help="first N test images")
+    r.add_argument("--json", default=None)
     args = parser.parse_args()
-    {"cost": cost, "run": run, "table": table}[args.command](args)
+    {"cost": cost, "run": run, "table": table, "correlation": correlation}[args.command](args)
 
 
 if __name__ == "__main__":

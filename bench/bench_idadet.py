@@ -126,11 +126,14 @@ def run_name(row: Row, seed: int, family: str, lr: float, clip: float) -> str:
 
 
 def student(out: Path, data: Path, teacher_path: Path, row: Row, seed: int, steps: int, family: str, lr: float,
-            clip: float) -> dict:
+            clip: float, train: bool = True) -> dict | None:
+    """The finished run's summary; trained first when missing (``train``), else None."""
     directory = out / "students" / run_name(row, seed, family, lr, clip)
     done = directory / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if not train:
+        return None
     path = cfg.recipes_dir() / row.recipe / "tiny_synthetic.yaml"
     batch_size = cfg.load(path)[0].train.batch_size
     overrides = [*row.overrides, *optimizer_overrides(family, lr, clip, steps, batch_size),
@@ -173,24 +176,27 @@ def main() -> None:
     parser.add_argument("--isolation", action="store_true", help="also BiConv's isolation rows (ISOLATION)")
     parser.add_argument("--rows", nargs="+", help=f"only these rows: {', '.join(ALL_ROWS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--table", action="store_true", help="print the finished runs only; train nothing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = write_dataset(args.out / "data", TRAIN_IMAGES, TEST_IMAGES, seed=0)
     teacher_path = teacher(args.out, data)
-    rows = [(row, [student(args.out, data, teacher_path, row, seed, args.steps, args.optimizer, args.lr, args.clip)
-                   for seed in args.seeds]) for row in selected_rows(args)]
+    rows = [(row, [student(args.out, data, teacher_path, row, seed, args.steps, args.optimizer, args.lr, args.clip,
+                           train=not args.table) for seed in args.seeds]) for row in selected_rows(args)]
     family = "Adam 1e-3 cosine" if args.optimizer == "adam" else f"SGD {args.lr:g} step, clip {args.clip:g}"
-    teacher_map = rows[0][1][0]["teacher"]
-    print(f"synthetic test split ({TEST_IMAGES} images), VOC07 mAP; teacher {teacher_map:.4f}; "
+    finished = [r for _, results in rows for r in results if r is not None]
+    teacher_map = f"{finished[0]['teacher']:.4f}" if finished else "-"
+    print(f"synthetic test split ({TEST_IMAGES} images), VOC07 mAP; teacher {teacher_map}; "
           f"{args.steps} steps per student, {family}")
-    print(f"{'method':40s} " + " ".join(f"seed {s:<5d}" for s in args.seeds) + "   mean    std")
+    print(f"{'method':48s} " + " ".join(f"seed {s:<5d}" for s in args.seeds) + "   mean    std")
     for row, results in rows:
-        values = [r["mAP"] for r in results]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"{row.label:40s} " + " ".join(f"{v:10.4f}" for v in values) + f"  {statistics.mean(values):.4f} "
-              f"{spread:.4f}")
+        values = [r["mAP"] for r in results if r is not None]
+        cells = " ".join(f"{r['mAP']:10.4f}" if r is not None else f"{'pending':>10s}" for r in results)
+        summary = (f"  {statistics.mean(values):.4f} {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
+                   if values else "")
+        print(f"{row.label:48s} {cells}{summary}")
     base = ALL_ROWS["reactnet"]
-    if any(row == base for row, _ in rows):
+    if not args.table and any(row == base for row, _ in rows):
         folder = args.out / "students" / run_name(base, args.seeds[0], args.optimizer, args.lr, args.clip)
         base_step = seconds_per_step(folder)
         for row in [r for r, _ in rows if r.recipe != "reactnet"]:
