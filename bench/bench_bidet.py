@@ -19,7 +19,7 @@ its inference form (:func:`detbin.inference_form`, paper §3.1.3). Faster R-CNN 
 exactly ``RoIs`` pooled RoIs (the papers test with 300 proposals).
 
 Benchmark rows (recipes/bidet, recipes/autobidet): ``ssd_noib`` / ``frcnn_noib`` the same student trained
-with the task loss only; ``ssd_bidet`` / ``frcnn_bidet``; ``ssd_autobidet``. Each run is
+with the task loss only; ``ssd_bidet`` / ``frcnn_bidet``; ``ssd_autobidet`` / ``frcnn_autobidet``. Each run is
 ``detbin binarize --recipe R --config recipes/R/FILE --teacher T --set train.seed=S --set params.sample_seed=S``.
 """
 
@@ -50,6 +50,7 @@ ROWS = {  # name: (family, recipe, file)
     "ssd_autobidet": ("ssd", "autobidet", "autobidet/tiny_synthetic_ssd.yaml"),
     "frcnn_noib": ("frcnn", "bidet", "bidet/tiny_synthetic_frcnn_noib.yaml"),
     "frcnn_bidet": ("frcnn", "bidet", "bidet/tiny_synthetic_frcnn.yaml"),
+    "frcnn_autobidet": ("frcnn", "autobidet", "autobidet/tiny_synthetic_frcnn.yaml"),
 }
 
 
