@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_idadet import ALL_ROWS, Row, run_name, student, teacher
+from bench_idadet import ALL_ROWS, Row, run_name, seconds_per_step, student, teacher
 
 from detbin.data.synthetic import write_dataset
 from detbin.models import checkpoint
@@ -91,13 +91,6 @@ def lws_row(out: Path, data: Path, teacher_path: Path, row: Row, seed: int, step
     return {**result, **search_report(folder, teacher_path), "folder": str(folder)}
 
 
-def seconds_per_step(folder: str) -> float:
-    """Mean s/step of a finished run, from its metrics log (steps after warm-up)."""
-    records = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
-    timed = [(r["iteration"], r["seconds_per_iter"]) for r in records if "seconds_per_iter" in r]
-    return statistics.mean([t for i, t in timed if i > 100] or [t for _, t in timed])
-
-
 def table(rows: dict[str, list[dict | None]], seeds: list[int]) -> list[str]:
     lines = [f"{'method':36s} " + " ".join(f"seed {s:<4d}" for s in seeds) + "    mean     std"]
     for label, results in rows.items():
@@ -150,7 +143,7 @@ def main() -> None:
     for label, results in rows.items():
         done = [r for r in results if r is not None and "folder" in r]
         if done and reference is not None and label != "reactnet (no KD)":
-            ratio = seconds_per_step(done[0]["folder"]) / seconds_per_step(reference["folder"])
+            ratio = seconds_per_step(Path(done[0]["folder"])) / seconds_per_step(Path(reference["folder"]))
             print(f"step time {label}: x{ratio:.2f} reactnet's (seed {args.seeds[0]} runs; shared machine)")
     (args.out / "bench_lwsdet.json").write_text(json.dumps(rows, indent=1))
 
