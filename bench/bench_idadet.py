@@ -97,6 +97,10 @@ ISOLATION = [
     # layout still differ
     Row("no KD, BiConv grad G, task weight 1", "ida-det", [_NOKD, "params.weight_grad=identity",
                                                            "params.task_weight=1.0"], "nokd-gidentity-tw1"),
+    # ... and XNOR's detached mean|W| for the learned scale: then the weight binarizer is reactnet's
+    Row("no KD, BiConv grad G, task weight 1, scale mean|W|", "ida-det",
+        [_NOKD, "params.weight_grad=identity", "params.task_weight=1.0", "params.scale_mode=mean_abs"],
+        "nokd-gidentity-tw1-smeanabs"),
 ]
 
 ALL_ROWS = {**dict(zip(["reactnet", "fgfi", "ida-repo", "ida-box", "nokd"], METHODS)),
