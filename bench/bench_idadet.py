@@ -15,13 +15,16 @@ Two optimizer families (``--optimizer``): ``adam`` is the tiny recipe files' own
 cosine, 100 warm-up steps, clip 10); ``sgd`` is the paper's family (methods.md §2.10: SGD momentum 0.9,
 weight decay 1e-4, clip 35, linear warm-up from 0.001, lr x0.1 at 2/3 and 8/9 of the run, i.e. the
 paper's epochs 8 and 11 of 12) at the paper's lr scaled linearly to the tiny batch: 0.004 for 4
-images -> 0.008 for 8 (``--lr``, ``--clip`` to change them), one setting for every method.
+images -> 0.008 for 8 (``--lr``, ``--clip`` to change them), one setting for every method. An SGD
+step is lr x gradient and the students' gradients differ in scale (BiConv's |s| G, IDa-Det's x5
+losses), so one shared lr favours one student: ``--lr tuned`` runs each recipe at the best lr of
+its seed-0 sweep (TUNED_SGD_LR).
 
 Runs are cached under ``--out`` (a finished run is not trained again), so the script can be
 interrupted and restarted. A student takes 5-8 minutes on one CPU thread. Usage::
 
     python bench/bench_idadet.py [--seeds 0 1 2] [--steps 600] [--out runs/bench] [--optimizer adam|sgd]
-        [--ablations] [--isolation] [--rows SLUG ...] [--threads 1]
+        [--lr 0.008|tuned] [--ablations] [--isolation] [--rows SLUG ...] [--threads 1]
 """
 
 from __future__ import annotations
@@ -42,6 +45,14 @@ from detbin.data.synthetic import write_dataset
 TRAIN_IMAGES, TEST_IMAGES = 2000, 500
 SGD_LR = 0.008  # --optimizer sgd: the released lr 0.004 for 4 images, scaled linearly to the tiny batch of 8
 SGD_CLIP = 35.0  # --optimizer sgd: the released grad-clip max-norm (methods.md §2.10)
+# --lr tuned: the best lr of each recipe's seed-0 sweep (600 steps, VOC07 mAP; teacher 0.668):
+#   reactnet         0.008: 0.145  0.04: 0.578  0.1: 0.667  0.2: 0.603  1.0: 0.000 (its BN statistics diverge)
+#   ida-det (no KD)  0.002: 0.341  0.008: 0.521 (the released lr)  0.016: 0.634  0.04: 0.183
+TUNED_SGD_LR = {"reactnet": 0.1, "ida-det": 0.016}
+# --optimizer adam: the tiny recipe files' trainer section, set explicitly so that the family does not
+# change with a file
+ADAM_OVERRIDES = ["train.optimizer={name: adam, lr: 1.0e-3, weight_decay: 0.0}",
+                  "train.schedule={name: cosine, warmup_iters: 100, warmup_factor: 0.01}", "train.clip_grad=10.0"]
 
 
 class Row(NamedTuple):
@@ -117,13 +128,13 @@ def teacher(out: Path, data: Path) -> Path:
 
 
 def optimizer_overrides(family: str, lr: float, clip: float, steps: int, batch_size: int) -> list[str]:
-    """``--set`` keys of the optimizer family; ``adam`` keeps the recipe file's own section.
+    """``--set`` keys of the optimizer family: ``adam`` the tiny files' own setting (ADAM_OVERRIDES).
 
     ``sgd``: milestones at 2/3 and 8/9 of the run, in epochs (``build_scheduler`` multiplies by
     the iterations per epoch, ``TRAIN_IMAGES // batch_size`` with drop-last batches).
     """
     if family == "adam":
-        return []
+        return list(ADAM_OVERRIDES)
     per_epoch = TRAIN_IMAGES // batch_size
     milestones = [round(steps * 2 / 3 / per_epoch, 6), round(steps * 8 / 9 / per_epoch, 6)]
     schedule = f"{{name: step, warmup_iters: 100, warmup_factor: 0.001, milestones: {milestones}, gamma: 0.1}}"
@@ -134,6 +145,25 @@ def optimizer_overrides(family: str, lr: float, clip: float, steps: int, batch_s
 def run_name(row: Row, seed: int, family: str, lr: float, clip: float) -> str:
     suffix = "" if family == "adam" else f"-sgd{lr:g}" + ("" if clip == SGD_CLIP else f"-clip{clip:g}")
     return f"{row.recipe}-{row.slug}{suffix}-seed{seed}"
+
+
+def row_lr(row: Row, lr: float | str) -> float:
+    """The SGD learning rate of ``row``: ``lr`` itself, or with ``"tuned"`` its recipe's TUNED_SGD_LR."""
+    if lr != "tuned":
+        return float(lr)
+    if row.recipe not in TUNED_SGD_LR:
+        raise SystemExit(f"--lr tuned: no swept lr for recipe {row.recipe!r} (swept: {', '.join(TUNED_SGD_LR)}); "
+                         "give --lr VALUE")
+    return TUNED_SGD_LR[row.recipe]
+
+
+def lr_argument(text: str) -> float | str:
+    if text == "tuned":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'tuned', got {text!r}") from None
 
 
 def student(out: Path, data: Path, teacher_path: Path, row: Row, seed: int, steps: int, family: str, lr: float,
@@ -181,7 +211,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    parser.add_argument("--lr", type=float, default=SGD_LR, help="learning rate of --optimizer sgd")
+    parser.add_argument("--lr", type=lr_argument, default=SGD_LR,
+                        help="learning rate of --optimizer sgd, or 'tuned' (each recipe's swept best, TUNED_SGD_LR)")
     parser.add_argument("--clip", type=float, default=SGD_CLIP, help="gradient-norm clip of --optimizer sgd")
     parser.add_argument("--ablations", action="store_true", help="also the student ablations (ABLATIONS)")
     parser.add_argument("--isolation", action="store_true", help="also BiConv's isolation rows (ISOLATION)")
@@ -192,9 +223,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = write_dataset(args.out / "data", TRAIN_IMAGES, TEST_IMAGES, seed=0)
     teacher_path = teacher(args.out, data)
-    rows = [(row, [student(args.out, data, teacher_path, row, seed, args.steps, args.optimizer, args.lr, args.clip,
-                           train=not args.table) for seed in args.seeds]) for row in selected_rows(args)]
-    family = "Adam 1e-3 cosine" if args.optimizer == "adam" else f"SGD {args.lr:g} step, clip {args.clip:g}"
+
+    def lr_of(row: Row) -> float:  # Adam ignores it
+        return row_lr(row, args.lr) if args.optimizer == "sgd" else SGD_LR
+
+    rows = [(row, [student(args.out, data, teacher_path, row, seed, args.steps, args.optimizer,
+                           lr_of(row), args.clip, train=not args.table) for seed in args.seeds])
+            for row in selected_rows(args)]
+    lr_text = "lr per recipe (TUNED_SGD_LR)" if args.lr == "tuned" else f"{args.lr:g}"
+    family = "Adam 1e-3 cosine" if args.optimizer == "adam" else f"SGD {lr_text} step, clip {args.clip:g}"
     finished = [r for _, results in rows for r in results if r is not None]
     teacher_map = f"{finished[0]['teacher']:.4f}" if finished else "-"
     print(f"synthetic test split ({TEST_IMAGES} images), VOC07 mAP; teacher {teacher_map}; "
@@ -205,14 +242,15 @@ def main() -> None:
         cells = " ".join(f"{r['mAP']:10.4f}" if r is not None else f"{'pending':>10s}" for r in results)
         summary = (f"  {statistics.mean(values):.4f} {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
                    if values else "")
-        print(f"{row.label:48s} {cells}{summary}")
+        label = row.label + (f" @{lr_of(row):g}" if args.optimizer == "sgd" and args.lr == "tuned" else "")
+        print(f"{label:48s} {cells}{summary}")
     base = ALL_ROWS["reactnet"]
     if not args.table and any(row == base for row, _ in rows):
-        folder = args.out / "students" / run_name(base, args.seeds[0], args.optimizer, args.lr, args.clip)
+        folder = args.out / "students" / run_name(base, args.seeds[0], args.optimizer, lr_of(base), args.clip)
         base_step = seconds_per_step(folder)
         for row in [r for r, _ in rows if r.recipe != "reactnet"]:
-            per_step = seconds_per_step(folder.parent / run_name(row, args.seeds[0], args.optimizer, args.lr,
-                                                                  args.clip))
+            per_step = seconds_per_step(folder.parent / run_name(row, args.seeds[0], args.optimizer,
+                                                                  lr_of(row), args.clip))
             print(f"step time {row.label}: {per_step:.3f} s vs reactnet {base_step:.3f} s = x{per_step / base_step:.2f}")
 
 
