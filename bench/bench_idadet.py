@@ -251,7 +251,8 @@ def main() -> None:
         for row in [r for r, _ in rows if r.recipe != "reactnet"]:
             per_step = seconds_per_step(folder.parent / run_name(row, args.seeds[0], args.optimizer,
                                                                   lr_of(row), args.clip))
-            print(f"step time {row.label}: {per_step:.3f} s vs reactnet {base_step:.3f} s = x{per_step / base_step:.2f}")
+            print(f"step time {row.label}: {per_step:.3f} s vs reactnet {base_step:.3f} s "
+                  f"= x{per_step / base_step:.2f}")
 
 
 if __name__ == "__main__":
