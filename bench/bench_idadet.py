@@ -90,6 +90,9 @@ ABLATIONS = [
 # (plugins/detbin_idadet/biconv.py documents each option).
 ISOLATION = [
     Row("no KD, BiConv mu=0", "ida-det", [_NOKD, "params.mu=0.0"], "nokd-mu0"),
+    # Adam divides each step by the gradient's running RMS, so the mu pull's share of a weight's step is
+    # its share of the gradient, not lr x mu x (W - W_hat) as under SGD: the KD row at mu = 0 tests it
+    Row("KD box, BiConv mu=0", "ida-det", ["params.mask_mode=box", "params.mu=0.0"], "box-mu0"),
     Row("no KD, BiConv grad c|s|G (plain STE)", "ida-det", [_NOKD, "params.weight_grad=forward"], "nokd-gforward"),
     Row("no KD, BiConv grad G (identity)", "ida-det", [_NOKD, "params.weight_grad=identity"], "nokd-gidentity"),
     Row("no KD, BiConv scale frozen at init", "ida-det", [_NOKD, "params.scale_mode=frozen"], "nokd-sfrozen"),
