@@ -93,6 +93,9 @@ ISOLATION = [
     # Adam divides each step by the gradient's running RMS, so the mu pull's share of a weight's step is
     # its share of the gradient, not lr x mu x (W - W_hat) as under SGD: the KD row at mu = 0 tests it
     Row("KD box, BiConv mu=0", "ida-det", ["params.mask_mode=box", "params.mu=0.0"], "box-mu0"),
+    # the widened 3x3 laterals embed the teacher's 1x1 kernel among zeros, which sign(0) = +1 binarizes to
+    # +c|s| and the mu pull then holds there; 1x1 laterals have no embedded zeros
+    Row("no KD, 1x1 laterals", "ida-det", [_NOKD, "binarize.fpn_lateral_kernel=1"], "nokd-lat1"),
     Row("no KD, BiConv grad c|s|G (plain STE)", "ida-det", [_NOKD, "params.weight_grad=forward"], "nokd-gforward"),
     Row("no KD, BiConv grad G (identity)", "ida-det", [_NOKD, "params.weight_grad=identity"], "nokd-gidentity"),
     Row("no KD, BiConv scale frozen at init", "ida-det", [_NOKD, "params.scale_mode=frozen"], "nokd-sfrozen"),
