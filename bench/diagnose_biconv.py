@@ -1,8 +1,9 @@
 """Where BiConv's latent weights went: per-stage statistics of trained ida-det students (issue 16).
 
 For the student made from the teacher (step 0) and for each run folder of ``bench_idadet.py``,
-prints per backbone stage the share of binary weights whose sign differs from the teacher's and
-BiConv's relative reconstruction error ``||W - W_hat|| / ||W_hat||`` (``W_hat = c |s| o sign(W)``),
+prints per backbone stage the share of binary weights whose sign differs from the teacher's, BiConv's
+relative reconstruction error ``||W - W_hat|| / ||W_hat||`` (``W_hat = c |s| o sign(W)``) and the
+share of latent weights near the flip point (``|W| < 0.1 c |s|``, "near0"),
 and for the FPN the ratio ``c |s| / mean|W|`` and, on widened 3x3 laterals, the off-centre
 entries. Those start at 0, the teacher's 1x1 kernel sits at the centre: ``sign(0) = +1``
 binarizes them to ``+c |s|``, which is also the target of the mu pull ``mu (W - W_hat)``. The
@@ -46,12 +47,14 @@ def stage_rows(model: nn.Module, teacher: dict[str, Tensor]) -> dict[str, str]:
             continue
         weight, magnitude = _binarized(module)
         target = magnitude.view(-1, 1, 1, 1) * sign(weight)
-        acc = sums.setdefault(name.split(".")[2], [0.0, 0.0, 0.0, 0.0])
+        acc = sums.setdefault(name.split(".")[2], [0.0, 0.0, 0.0, 0.0, 0.0])
         acc[0] += (sign(teacher[f"{name}.weight"]) != sign(weight)).sum().item()
         acc[1] += weight.numel()
         acc[2] += (weight - target).pow(2).sum().item()
         acc[3] += target.pow(2).sum().item()
-    return {stage: f"flips {f / n:5.1%} err {(e / t) ** 0.5:.3f}" for stage, (f, n, e, t) in sums.items()}
+        acc[4] += (weight.abs() < 0.1 * magnitude.view(-1, 1, 1, 1)).sum().item()
+    return {stage: f"flips {f / n:5.1%} err {(e / t) ** 0.5:.3f} near0 {z / n:4.1%}"
+            for stage, (f, n, e, t, z) in sums.items()}
 
 
 def fpn_row(model: nn.Module) -> str:

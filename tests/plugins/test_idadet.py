@@ -294,6 +294,18 @@ def test_biconv_options_reach_every_binary_conv():
                for q in quantizers_)
 
 
+@pytest.mark.parametrize("optimizer, mu, warns", [("Adam", 1e-4, True), ("AdamW", 1e-4, True), ("SGD", 1e-4, False),
+                                                   ("Adam", 0.0, False)])
+def test_warns_when_the_mu_pull_meets_an_adaptive_optimizer(optimizer, mu, warns, caplog):
+    import types
+
+    recipe, student, _, _ = ida_student(mu=mu)
+    trainer = types.SimpleNamespace(optimizer=getattr(torch.optim, optimizer)(student.model.parameters(), lr=1e-3))
+    with caplog.at_level("WARNING", logger="detbin_idadet"):
+        recipe.on_phase("train", trainer)
+    assert any("params.mu" in r.getMessage() and optimizer in r.getMessage() for r in caplog.records) == warns
+
+
 def test_layout_overrides_that_contradict_the_paper_fail():
     cls = plugins.load("ida-det")
     teacher = build_detector(toy_config(num_classes=6))
