@@ -35,8 +35,9 @@ def _biconvs(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _binarized(module: nn.Module) -> tuple[Tensor, Tensor]:
     """``(W, c |s|)`` of one BiConv layer: latent weight ``[O, I, k, k]`` and magnitude ``[O]``."""
-    quantizer, weight = module.weight_quantizer, module.weight.detach()
-    return weight, quantizer.c * quantizer._scale(weight).detach().abs()
+    weight = module.weight.detach()
+    _, magnitude = module.weight_quantizer.deploy(weight)  # the deployed form: sign(W) and c|s| [O, 1, 1, 1]
+    return weight, magnitude.flatten()
 
 
 def stage_rows(model: nn.Module, teacher: dict[str, Tensor]) -> dict[str, str]:
