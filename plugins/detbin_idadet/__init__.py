@@ -118,10 +118,9 @@ class IDaDet(Recipe):
         0.013 without (3 seeds; bench/diagnose_biconv.py and the README's "What to expect from ida-det").
         """
         if getattr(self, "_biconv", False) and self.params.mu > 0 and isinstance(trainer.optimizer, _ADAPTIVE):
-            log.warning("ida-det: BiConv's reconstruction pull (params.mu=%g) is the paper's setting for SGD; under "
-                        "%s it takes lr-sized steps and holds the widened laterals' off-centre weights at +c|s| "
-                        "(issue 16). Train with train.optimizer.name=sgd, or set params.mu=0 for an adaptive optimizer",
-                        self.params.mu, type(trainer.optimizer).__name__)
+            log.warning("ida-det: under %s BiConv's reconstruction pull (params.mu=%g, the paper's value for SGD) "
+                        "takes lr-sized steps and holds the widened laterals' off-centre weights at +c|s| (issue 16); "
+                        "set params.mu=0, as the CPU default file does", type(trainer.optimizer).__name__, self.params.mu)
 
     def tap_names(self, student: Detector) -> tuple[str, ...]:
         return _TAPS
